@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from msp_jax.errors import MspError
@@ -32,19 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="msp", description="Mixture of Soft Prompts in JAX.")
   subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   for name, (module_name, help_text) in COMMANDS.items():
-    try:
-      module = importlib.import_module(f"msp_jax.commands.{module_name}")
-    except ModuleNotFoundError as e:
-      if e.name != f"msp_jax.commands.{module_name}":
-        raise
-      continue  # Not implemented yet in this checkout.
+    module = importlib.import_module(f"msp_jax.commands.{module_name}")
     sub = subparsers.add_parser(name, help=help_text, description=help_text)
     module.add_arguments(sub)
     sub.set_defaults(_run=module.run)
   return parser
 
 
+def one_line(error: Exception) -> str:
+  """The message on one line (gin appends "In call to configurable ..." on a line of its own)."""
+  return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+  # TensorFlow (SeqIO, TFRecord export) logs its CUDA/oneDNN start-up at INFO; a user has no use for it.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from msp_jax.commands.gin_utils import split_gin_flags
 
   try:
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     return int(args._run(args) or 0)
   except MspError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {one_line(e)}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)

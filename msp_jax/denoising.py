@@ -83,15 +83,19 @@ def score(attribute_ids: jax.Array, attribute_mask: jax.Array, attribute_frequen
   return weights[0] * mean_frequency + weights[1] * (1.0 - cosine)
 
 
-def select(scores: jax.Array, groups: jax.Array, group_quota: jax.Array, target_count: jax.Array
-           ) -> tuple[jax.Array, jax.Array]:
+def select(scores: jax.Array, groups: jax.Array, group_quota: jax.Array, target_count: jax.Array,
+           fill: jax.Array | bool = False) -> tuple[jax.Array, jax.Array]:
   """Keeps the best `group_quota[g]` of each group, then the best `target_count` of those.
+
+  With `fill`, when fewer than `target_count` are within their quotas (some seeds got too few usable
+  generations), the best of the candidates over quota make up the difference.
 
   Args:
     scores: [n] float, lower is better.
     groups: [n] int32 group (seed) of each candidate, in [0, n_groups).
     group_quota: [n_groups] int32 how many to keep per group (>= n: no limit).
     target_count: scalar int32 how many to keep overall (>= n: no limit).
+    fill: scalar bool, see above.
 
   Returns:
     (within_quota [n] bool, keep [n] bool). Ties in score go to the lower index (stable), so results do not
@@ -108,14 +112,14 @@ def select(scores: jax.Array, groups: jax.Array, group_quota: jax.Array, target_
   # Global ranking of the survivors: those within quota first, then by score, then by index.
   order = jnp.lexsort((index, scores, jnp.logical_not(within_quota)))
   rank = jnp.zeros(n, jnp.int32).at[order].set(index)
-  return within_quota, within_quota & (rank < target_count)
+  return within_quota, (within_quota | fill) & (rank < target_count)
 
 
 @jax.jit
 def score_and_select(attribute_ids: jax.Array, attribute_mask: jax.Array, attribute_frequency: jax.Array,
                      embeddings: jax.Array, new_rows: jax.Array, seed_rows: jax.Array, weights: jax.Array,
-                     groups: jax.Array, group_quota: jax.Array, target_count: jax.Array
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                     groups: jax.Array, group_quota: jax.Array, target_count: jax.Array,
+                     fill: jax.Array | bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`score` then `select` in one compiled call.
 
   `embeddings [m, d]` holds each distinct text once; candidate i's text is row `new_rows[i]` and its seed's
@@ -124,7 +128,7 @@ def score_and_select(attribute_ids: jax.Array, attribute_mask: jax.Array, attrib
   """
   scores = score(attribute_ids, attribute_mask, attribute_frequency, embeddings[new_rows], embeddings[seed_rows],
                  weights)
-  within_quota, keep = select(scores, groups, group_quota, target_count)
+  within_quota, keep = select(scores, groups, group_quota, target_count, fill)
   return scores, within_quota, keep
 
 
@@ -173,7 +177,7 @@ def _check_count(name: str, value: int | None) -> None:
 
 def denoise(candidates: Sequence[CandidateLike], seeds: Sequence[Example], *, encoder, ontology: Ontology,
             keep_per_seed: int | Mapping[str, int] | None = None, target_count: int | None = None,
-            weights: DenoiseWeights = DenoiseWeights()) -> DenoiseResult:
+            weights: DenoiseWeights = DenoiseWeights(), fill_to_target: bool = False) -> DenoiseResult:
   """Scores `candidates` against their seeds and keeps the best (see the module docstring).
 
   Args:
@@ -185,7 +189,11 @@ def denoise(candidates: Sequence[CandidateLike], seeds: Sequence[Example], *, en
       `generation.plan_generation`). None: no per-seed limit.
     target_count: how many to keep overall, the best first. None: no global limit.
     weights: the two score weights.
+    fill_to_target: when the per-seed quotas leave fewer than `target_count`, top up with the best
+      candidates over quota (seeds whose generations failed to parse leave their share to others).
   """
+  if fill_to_target and target_count is None:
+    raise ConfigError("denoise: fill_to_target needs a target_count to fill up to")
   if keep_per_seed is None and target_count is None:
     raise ConfigError("denoise: give keep_per_seed and/or target_count, otherwise nothing would be dropped")
   _check_count("target_count", target_count)
@@ -232,15 +240,18 @@ def denoise(candidates: Sequence[CandidateLike], seeds: Sequence[Example], *, en
   frequency = attribute_frequency(list(seed_by_uid.values()), ontology)
   scores, within_quota, keep = score_and_select(
       attribute_ids, attribute_mask, frequency.astype(np.float32), embeddings, new_rows, seed_rows,
-      weights.as_array(), groups, quota, np.int32(target_count if target_count is not None else n))
+      weights.as_array(), groups, quota, np.int32(target_count if target_count is not None else n),
+      np.bool_(fill_to_target))
   scores, within_quota, keep = np.asarray(scores), np.asarray(within_quota), np.asarray(keep)
 
   kept_idx = np.flatnonzero(keep)
+  filled = int((keep & ~within_quota).sum())
   summary = {
       "candidates": n,
       "kept": int(keep.sum()),
-      "dropped": {"over_seed_quota": int(n - within_quota.sum()),
-                  "over_target_count": int(within_quota.sum() - keep.sum())},
+      "filled_over_quota": filled,
+      "dropped": {"over_seed_quota": int(n - within_quota.sum()) - filled,
+                  "over_target_count": int((within_quota & ~keep).sum())},
       "weights": dataclasses.asdict(weights),
   }
   return DenoiseResult(tuple(candidates[i] for i in kept_idx), tuple(float(scores[i]) for i in kept_idx), scores,

@@ -15,7 +15,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,33 +54,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     tmp.write_text(text, encoding="utf-8")
 
 
+def example_to_dict(example: Example) -> dict[str, Any]:
+  """An example's JSON fields (attributes included for readers that do not recompute them)."""
+  return {"uid": example.uid, "domain": example.domain, "text": example.text, "intents": list(example.intents),
+          "spans": [dataclasses.asdict(s) for s in example.spans], "parse": example.parse,
+          "attributes": list(example.attributes)}
+
+
+def example_from_dict(row: dict[str, Any]) -> Example:
+  """Inverse of `example_to_dict` (raises KeyError/TypeError/ValueError on a malformed row)."""
+  return Example(uid=row["uid"], domain=row["domain"], text=row["text"], intents=tuple(row["intents"]),
+                 spans=tuple(Span(**s) for s in row["spans"]), parse=row["parse"])
+
+
 def record_to_dict(record: SyntheticRecord) -> dict[str, Any]:
   """The JSON form; the score is rounded to float32, as TFRecord keeps it, so both formats agree."""
-  e = record.example
-  return {"uid": e.uid, "domain": e.domain, "text": e.text, "intents": list(e.intents),
-          "spans": [dataclasses.asdict(s) for s in e.spans], "parse": e.parse,
-          "attributes": list(e.attributes), "score": float(np.float32(record.score)), "seed_uid": record.seed_uid,
-          "novel": bool(record.novel), "provenance": dict(record.provenance)}
+  return {**example_to_dict(record.example), "score": float(np.float32(record.score)),
+          "seed_uid": record.seed_uid, "novel": bool(record.novel), "provenance": dict(record.provenance)}
 
 
 def record_from_dict(row: dict[str, Any], where: str) -> SyntheticRecord:
   try:
-    example = Example(uid=row["uid"], domain=row["domain"], text=row["text"], intents=tuple(row["intents"]),
-                      spans=tuple(Span(**s) for s in row["spans"]), parse=row["parse"])
-    return SyntheticRecord(example, float(row["score"]), row["seed_uid"], bool(row["novel"]),
+    return SyntheticRecord(example_from_dict(row), float(row["score"]), row["seed_uid"], bool(row["novel"]),
                            dict(row["provenance"]))
   except (KeyError, TypeError, ValueError) as e:
     raise DataError(f"{where}: not a synthetic-data record ({type(e).__name__}: {e})") from e
 
 
-def write_jsonl(path: str | os.PathLike, records: Sequence[SyntheticRecord]) -> None:
+def write_jsonl_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+  """One JSON object a line, written atomically."""
   with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record_to_dict(record), ensure_ascii=False) + "\n")
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[SyntheticRecord]:
-  records = []
+def read_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(where, row) per non-blank line; `where` is 'path:line' for error messages."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: no such file")
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
@@ -89,8 +101,17 @@ def read_jsonl(path: str | os.PathLike) -> list[SyntheticRecord]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise DataError(f"{path}:{number}: malformed JSON ({e.msg})") from e
-      records.append(record_from_dict(row, f"{path}:{number}"))
-  return records
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+      yield f"{path}:{number}", row
+
+
+def write_jsonl(path: str | os.PathLike, records: Sequence[SyntheticRecord]) -> None:
+  write_jsonl_rows(path, (record_to_dict(r) for r in records))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[SyntheticRecord]:
+  return [record_from_dict(row, where) for where, row in read_jsonl_rows(path)]
 
 
 def _tf_example(record: SyntheticRecord):

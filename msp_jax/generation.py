@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 import zlib
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msp_jax import decoding
+from msp_jax import decoding, export
 from msp_jax.data import serialization
 from msp_jax.data.schema import Example, Ontology
-from msp_jax.errors import ConfigError
+from msp_jax.errors import ConfigError, DataError
 from msp_jax.model_inputs import InputShapes, encode_prompts, select_exemplars
 from msp_jax.msp_model import MspModel
 from msp_jax.progress import Progress
@@ -59,8 +60,12 @@ class Candidate:
 class GenerationResult:
   candidates: tuple[Candidate, ...]
   generated: int
-  dropped: dict[str, int]  # reason -> count (parse failure reasons, 'label_mismatch', 'duplicate_of_seed')
+  # reason -> count: parse failure reasons, 'label_mismatch', 'duplicate_of_seed', 'duplicate', 'empty'
+  dropped: dict[str, int]
   raw_texts: tuple[str, ...]
+  # What the parser made of every output, whatever the label mode: 'ok' (parsed, carries exactly the
+  # requested attributes), 'label_mismatch', or a parse failure reason. Counts sum to `generated`.
+  outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,33 @@ class SamplingConfig:
   repetition_penalty: float = 1.0
   max_new_tokens: int = 48
   batch_size: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+  """What to generate: `plan_generation`'s arguments, the label mode and the sampling."""
+
+  target_count: int = 100          # synthetic examples to keep after denoising
+  ratio: float = 1.2               # over-generation: ceil(kept * ratio) samples per request
+  rebalance: bool = True           # favour seeds carrying rare attributes
+  novel_combinations: int = 0      # extra requests for attribute combinations absent from the seed set
+  # Generate only these attribute combinations (e.g. (('book_room', 'date'),)), split evenly; empty: the
+  # seed set's own combinations, rebalanced.
+  combinations: tuple[tuple[str, ...], ...] = ()
+  label_mode: str = "parsed"       # 'parsed' (drop outputs whose labels disagree) or 'inherit' (authors)
+  seed: int = 0
+  sampling: SamplingConfig = SamplingConfig()
+
+  def __post_init__(self):
+    if isinstance(self.target_count, bool) or not isinstance(self.target_count, int) or self.target_count < 1:
+      raise ConfigError(f"target_count={self.target_count!r}: the number of synthetic examples to keep must be "
+                        "a whole number >= 1")
+    if not self.ratio >= 1:
+      raise ConfigError(f"ratio={self.ratio!r}: the over-generation ratio must be >= 1")
+    if self.novel_combinations < 0:
+      raise ConfigError(f"novel_combinations={self.novel_combinations!r} must be >= 0")
+    if self.label_mode not in LABEL_MODES:
+      raise ConfigError(f"label_mode={self.label_mode!r} is not one of {LABEL_MODES}")
 
 
 def attribute_frequency(seeds: Sequence[Example], ontology: Ontology) -> np.ndarray:
@@ -97,13 +129,47 @@ def _largest_remainder(weights: np.ndarray, total: int, minimum: int) -> np.ndar
   return counts + minimum
 
 
+def check_combinations(combinations: Sequence[Sequence[str]], ontology: Ontology) -> None:
+  """ConfigError naming the first requested attribute that the ontology lacks (or an empty combination)."""
+  for i, combination in enumerate(combinations):
+    if not combination:
+      raise ConfigError(f"combinations[{i}] is empty: a requested combination needs at least one attribute")
+    for name in combination:
+      if name not in ontology:
+        raise ConfigError(f"combinations[{i}]: requested attribute {name!r} is not in the ontology of domain "
+                          f"{ontology.domain!r} (known: {', '.join(ontology.names)})")
+
+
+def plan_combinations(seeds: Sequence[Example], ontology: Ontology, combinations: Sequence[Sequence[str]], *,
+                      target_count: int, ratio: float) -> tuple[list[GenerationRequest], dict[str, int]]:
+  """Requests for user-chosen attribute combinations, `target_count` kept split evenly between them.
+
+  Each is anchored on the seed sharing the most of its attributes (its exemplar and similarity reference).
+  """
+  check_combinations(combinations, ontology)
+  seen = {s.attributes for s in seeds}
+  keep_counts = _largest_remainder(np.ones(len(combinations)), target_count, minimum=0)
+  requests, keep = [], {}
+  for combination, kept in zip(combinations, keep_counts):
+    if kept == 0:
+      continue
+    combination = tuple(sorted(set(combination)))
+    anchor = max(seeds, key=lambda s: len(set(s.attributes) & set(combination)))
+    requests.append(GenerationRequest(anchor.uid, combination, math.ceil(kept * ratio),
+                                      novel=combination not in seen))
+    keep[anchor.uid] = keep.get(anchor.uid, 0) + int(kept)
+  return requests, keep
+
+
 def plan_generation(seeds: Sequence[Example], ontology: Ontology, *, target_count: int, ratio: float = 1.2,
-                    rebalance: bool = True, novel_combinations: int = 0, seed: int = 0
+                    rebalance: bool = True, novel_combinations: int = 0, seed: int = 0,
+                    combinations: Sequence[Sequence[str]] = ()
                     ) -> tuple[list[GenerationRequest], dict[str, int]]:
   """Requests whose kept totals reach `target_count`; each asks for ceil(kept * ratio) generations.
 
   Returns (requests, keep): `keep[seed_uid]` is how many examples to keep for that request's seed after
   denoising. Seeds are weighted by the mean inverse frequency of their attributes when `rebalance`.
+  With `combinations`, only those attribute combinations are generated (`plan_combinations`).
   """
   if target_count < 1:
     raise ConfigError(f"target_count={target_count}: the number of synthetic examples to keep must be >= 1")
@@ -112,6 +178,8 @@ def plan_generation(seeds: Sequence[Example], ontology: Ontology, *, target_coun
   seeds = [s for s in seeds if s.attributes]
   if not seeds:
     raise ConfigError("no seed example carries an attribute: nothing to condition generation on")
+  if combinations:
+    return plan_combinations(seeds, ontology, combinations, target_count=target_count, ratio=ratio)
   frequency = attribute_frequency(seeds, ontology)
   if rebalance:
     weights = np.array([np.mean([1.0 / frequency[ontology.index(a)] for a in s.attributes]) for s in seeds])
@@ -182,8 +250,10 @@ def generate(model: MspModel, soft_params: Any, frozen_params: Any, requests: Se
   serialize = lambda e: serialization.serialize(e, task)  # noqa: E731
   rows = [(r, i) for r in requests for i in range(r.count)]
   seed_texts = {s.text.strip().lower() for s in seeds}
+  generated_texts: set[str] = set()  # an output repeating an earlier one adds nothing
   candidates, raw_texts = [], []
   dropped: collections.Counter[str] = collections.Counter()
+  outcomes: collections.Counter[str] = collections.Counter()
   progress = Progress(total=len(rows), unit="ex", desc="generate", enabled=show_progress)
   prompt_inputs = jax.jit(model.inputs)
   batch_size = sampling.batch_size
@@ -213,26 +283,58 @@ def generate(model: MspModel, soft_params: Any, frozen_params: Any, requests: Se
       uid = f"synthetic/{request.seed_uid}/{i}" + ("/novel" if request.novel else "")
       anchor = by_uid[request.seed_uid]
       parsed = serialization.parse(raw, task, ontology, domain=anchor.domain, uid=uid)
+      problem = (parsed.reason if isinstance(parsed, serialization.ParseFailure)
+                 else label_problem(parsed, request.attributes))
+      outcomes[problem or "ok"] += 1
       if label_mode == "inherit":
         # The authors' way: the text inherits its seed's intents. Spans cannot move to a new text.
         text = parsed.text if isinstance(parsed, Example) else raw
+        if not text.strip():
+          dropped["empty"] += 1
+          continue
         example = Example(uid=uid, domain=anchor.domain, text=text, intents=anchor.intents)
       elif isinstance(parsed, serialization.ParseFailure):
         dropped[parsed.reason] += 1
         continue
+      elif problem:
+        dropped[problem] += 1
+        continue
       else:
-        problem = label_problem(parsed, request.attributes)
-        if problem:
-          dropped[problem] += 1
-          continue
         example = parsed
-      if example.text.strip().lower() in seed_texts:
+      key = example.text.strip().lower()
+      if key in seed_texts:
         dropped["duplicate_of_seed"] += 1
         continue
+      if key in generated_texts:
+        dropped["duplicate"] += 1
+        continue
+      generated_texts.add(key)
       candidates.append(Candidate(example, request.seed_uid, request.attributes, request.novel, raw))
     progress.update(real)
   progress.close()
-  return GenerationResult(tuple(candidates), len(rows), dict(dropped), tuple(raw_texts))
+  return GenerationResult(tuple(candidates), len(rows), dict(dropped), tuple(raw_texts), dict(outcomes))
+
+
+def candidate_to_dict(candidate: Candidate) -> dict[str, Any]:
+  """The JSONL form of a candidate (`msp generate`'s output, `msp denoise`'s input)."""
+  return {"example": export.example_to_dict(candidate.example), "seed_uid": candidate.seed_uid,
+          "requested": list(candidate.requested), "novel": candidate.novel, "raw": candidate.raw}
+
+
+def candidate_from_dict(row: dict[str, Any], where: str) -> Candidate:
+  try:
+    return Candidate(export.example_from_dict(row["example"]), row["seed_uid"], tuple(row["requested"]),
+                     bool(row["novel"]), row["raw"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise DataError(f"{where}: not a generated candidate ({type(e).__name__}: {e})") from e
+
+
+def write_candidates(path: str | os.PathLike, candidates: Sequence[Candidate]) -> None:
+  export.write_jsonl_rows(path, (candidate_to_dict(c) for c in candidates))
+
+
+def read_candidates(path: str | os.PathLike) -> list[Candidate]:
+  return [candidate_from_dict(row, where) for where, row in export.read_jsonl_rows(path)]
 
 
 def hash_uid(uid: str) -> int:

@@ -12,6 +12,9 @@ split holds the few-shot seeds. `tasks.task_name(domain_task, vocabulary, fewsho
 `tasks/registration.py`. Benchmark files are read from `$MSP_DATA_DIR` when a dataset is built; the TFDS
 builders in `tasks.tfds_builders` are the download path for users without the files.
 
+Synthetic sets written by `msp run` (`tasks/synthetic.py`): '<name>', '<name>_seeds' and the seqio mixture
+'<name>_mixture' (seed + synthetic), persisted under $MSP_HOME/synthetic and registered here too.
+
 Other domains, for this process only: `tasks.register_domain(name, train=..., validation=..., test=...,
 ontology=...)`.
 """
@@ -23,11 +26,12 @@ import pathlib
 from tasks import crossner, nlupp, topv2
 from tasks.custom import persist_domain, register_domain, register_persisted_domains
 from tasks.registration import add_vocabulary, task_name
+from tasks.synthetic import persist_synthetic, register_persisted_synthetic, register_synthetic
 from tasks.vocabularies import TokenizerVocabulary, smollm2_vocabulary, t5_vocabulary
 
 __all__ = [
-    "TokenizerVocabulary", "add_vocabulary", "persist_domain", "register_domain",
-    "register_persisted_domains", "smollm2_vocabulary", "t5_vocabulary", "task_name",
+    "TokenizerVocabulary", "add_vocabulary", "persist_domain", "persist_synthetic", "register_domain",
+    "register_persisted_domains", "register_persisted_synthetic", "register_synthetic", "smollm2_vocabulary", "t5_vocabulary", "task_name",
 ]
 
 nlupp.register(overwrite=True)
@@ -40,3 +44,4 @@ register_domain("front_desk", train=EXAMPLE_DOMAIN_DIR / "train.jsonl",
                 validation=EXAMPLE_DOMAIN_DIR / "validation.jsonl", test=EXAMPLE_DOMAIN_DIR / "test.jsonl",
                 ontology=EXAMPLE_DOMAIN_DIR / "ontology.json", overwrite=True)
 register_persisted_domains()
+register_persisted_synthetic()

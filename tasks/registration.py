@@ -54,6 +54,12 @@ def task_name(domain_task: str, vocabulary: str = "t5", fewshot: bool = False) -
   return f"{domain_task}{FEWSHOT_SUFFIX if fewshot else ''}{suffix}"
 
 
+def vocabulary_suffixes() -> list[str]:
+  """The task-name suffixes of every registered vocabulary ('' for T5, '_smollm2', ...)."""
+  with _LOCK:
+    return list(_VOCABULARY_FACTORIES)
+
+
 def vocabulary_for(suffix: str) -> seqio.Vocabulary:
   with _LOCK:
     if suffix not in _VOCABULARY_CACHE:

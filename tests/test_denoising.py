@@ -60,7 +60,8 @@ def reference_scores(attributes: list[list[int]], frequency: np.ndarray, new: np
   return np.array(out)
 
 
-def reference_keep(scores: np.ndarray, groups: list, quota: dict, target: int | None) -> set[int]:
+def reference_keep(scores: np.ndarray, groups: list, quota: dict, target: int | None,
+                   fill: bool = False) -> set[int]:
   by_group = collections.defaultdict(list)
   for i, g in enumerate(groups):
     by_group[g].append(i)
@@ -68,7 +69,11 @@ def reference_keep(scores: np.ndarray, groups: list, quota: dict, target: int | 
   for g, members in by_group.items():
     survivors += sorted(members, key=lambda i: (scores[i], i))[:quota[g]]
   survivors.sort(key=lambda i: (scores[i], i))
-  return set(survivors[:target] if target is not None else survivors)
+  kept = survivors[:target] if target is not None else survivors
+  if fill and target is not None and len(kept) < target:
+    rest = sorted(set(range(len(scores))) - set(kept), key=lambda i: (scores[i], i))
+    kept += rest[:target - len(kept)]
+  return set(kept)
 
 
 def random_problem(rng, n: int, n_attributes: int = 7, max_attr: int = 4, dim: int = 12):
@@ -109,6 +114,19 @@ def test_select_matches_reference_with_ties(rng):
   expected_keep = reference_keep(scores, groups.tolist(), dict(enumerate(quota.tolist())), target)
   assert set(np.flatnonzero(np.asarray(within)).tolist()) == expected_within
   assert set(np.flatnonzero(np.asarray(keep)).tolist()) == expected_keep
+
+
+def test_select_fills_up_to_the_target_from_over_quota_candidates(rng):
+  n, n_groups = 120, 40
+  scores = rng.integers(0, 8, size=n).astype(np.float32) / 7
+  groups = rng.integers(0, n_groups, size=n).astype(np.int32)
+  quota = np.ones(n_groups, np.int32)  # at most 40 within quota
+  for target in (10, 60, 119):
+    within, keep = denoising.select(scores, groups, quota, np.int32(target), True)
+    expected = reference_keep(scores, groups.tolist(), dict(enumerate(quota.tolist())), target, fill=True)
+    assert set(np.flatnonzero(np.asarray(keep)).tolist()) == expected
+    assert int(np.asarray(keep).sum()) == target
+    assert np.asarray(within)[np.asarray(keep)].sum() == min(target, int(np.asarray(within).sum()))
 
 
 # ---------------------------------------------------------------- the high-level denoiser

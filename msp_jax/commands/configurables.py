@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import gin
 
+from msp_jax.denoising import DenoiseWeights
+from msp_jax.generation import GenerationSettings, SamplingConfig
 from msp_jax.model_inputs import InputShapes
 from msp_jax.msp_model import MixtureConfig
 from msp_jax.training import TrainConfig
+from msp_jax.workflow import Experiment, RunConfig
 
 gin.external_configurable(TrainConfig, module="msp")
 gin.external_configurable(MixtureConfig, module="msp")
 gin.external_configurable(InputShapes, module="msp")
+gin.external_configurable(GenerationSettings, module="msp")
+gin.external_configurable(SamplingConfig, module="msp")
+gin.external_configurable(DenoiseWeights, module="msp")
 
 
 @gin.configurable(module="msp")
@@ -28,3 +34,18 @@ def prompt_training(mixture: MixtureConfig = MixtureConfig(), shapes: InputShape
                     config: TrainConfig = TrainConfig()) -> dict:
   """The soft prompts, the padded input sizes and the optimisation of `msp train`."""
   return dict(mixture=mixture, shapes=shapes, config=config)
+
+
+@gin.configurable(module="msp")
+def synthesis(settings: GenerationSettings = GenerationSettings(), weights: DenoiseWeights = DenoiseWeights(),
+              synthetic_task: str | None = None, fill_to_target: bool = True) -> dict:
+  """What `msp generate` / `msp denoise` / `msp run` make from trained prompts, and the SeqIO name of the set."""
+  return dict(generation=settings, denoise_weights=weights, synthetic_task=synthetic_task,
+              fill_to_target=fill_to_target)
+
+
+def run_config() -> RunConfig:
+  """The whole run as plain dataclasses, from the parsed gin configuration."""
+  training = prompt_training()
+  return RunConfig(experiment=Experiment(**experiment()), mixture=training["mixture"], shapes=training["shapes"],
+                   training=training["config"], **synthesis())

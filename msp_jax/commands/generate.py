@@ -1,0 +1,17 @@
+"""`msp generate --gin_file FILE`: sample synthetic examples from a workdir's trained prompts (cached stage)."""
+
+from __future__ import annotations
+
+import argparse
+
+from msp_jax.commands import stage_command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  stage_command.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+  record = stage_command.make_run(args).generate(force=args.force)
+  stage_command.print_json(record)
+  return 0

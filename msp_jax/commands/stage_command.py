@@ -1,0 +1,62 @@
+"""What `msp generate`, `msp denoise` and `msp run` share: gin parsing into a `workflow.Run` and the summary."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+
+from msp_jax.commands.gin_utils import add_gin_arguments, parse_gin
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  add_gin_arguments(parser)
+  parser.add_argument("--workdir", default=None, help="overrides msp.experiment.workdir")
+  parser.add_argument("--force", action="store_true", help="re-run the stage(s) even when already done")
+  parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def make_run(args: argparse.Namespace):
+  """Parses the gin files/bindings of `args` into a `workflow.Run`."""
+  from msp_jax import workflow
+  from msp_jax.commands import configurables
+
+  parse_gin(args.gin_file, args.gin_bindings)
+  config = configurables.run_config()
+  if args.workdir:
+    config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, workdir=args.workdir))
+  return workflow.Run(config, show_progress=not args.quiet)
+
+
+def print_synthetic_summary(record: dict, show_examples: int = 5) -> None:
+  """Where the synthetic data and metrics are, the headline metrics, and a few kept examples."""
+  summary = record["summary"]
+  metrics = summary["metrics"]
+  generated, kept = metrics["generated"], metrics["kept"]
+  distinct = metrics["distinct_equal_size"]
+  print(f"synthetic data:  {summary['files']['jsonl']}  ({summary['kept']} examples; also "
+        f"{pathlib.Path(summary['files']['tfrecord']).name})")
+  print(f"metrics:         {summary['metrics_file']}")
+  print(f"seqio:           {', '.join(n for n in summary['seqio_tasks'] if not n.endswith('_smollm2'))}")
+  print(f"generated {generated['outputs']}: parse rate {generated['parse_rate']:.1%}, attribute agreement "
+        f"{generated['attribute_agreement']:.1%}")
+  line = (f"kept {kept['count']}: parse rate {kept['parse_rate']:.1%}, attribute agreement "
+          f"{kept['attribute_agreement']:.1%}")
+  if "perplexity" in kept:
+    line += f", perplexity {kept['perplexity']:.1f} (seed {metrics['seed_perplexity']['perplexity']:.1f})"
+  print(line)
+  size = distinct["sample_size"]
+  print("distinct@1/2/3 on {} examples each: synthetic {} | seed {}".format(
+      size, "/".join(f"{distinct['synthetic'][f'distinct_{k}']:.3f}" for k in (1, 2, 3)),
+      "/".join(f"{distinct['seed'][f'distinct_{k}']:.3f}" for k in (1, 2, 3))))
+  from msp_jax import export
+  records = export.read_jsonl(summary["files"]["jsonl"])
+  if records:
+    print("examples:")
+  for r in sorted(records, key=lambda r: r.score)[:show_examples]:
+    print(f"  [{', '.join(r.example.attributes)}] {r.example.text}")
+
+
+def print_json(record: dict) -> None:
+  print(json.dumps({"stage": record["stage"], **{k: v for k, v in record["summary"].items() if k != "metrics"}}))
