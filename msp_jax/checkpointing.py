@@ -8,6 +8,7 @@ field differs. The frozen backbone is never saved here: it stays in its own chec
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any
@@ -20,7 +21,7 @@ from msp_jax.errors import CheckpointError
 MANIFEST_VERSION = 1
 # Manifest fields that must agree between a checkpoint and the run restoring it.
 IDENTITY_FIELDS = ("backbone", "embed_dim", "ontology", "mixer", "prefix_length", "attribute_length",
-                   "max_attributes")
+                   "max_attributes", "mixture", "optimizer")
 
 
 def open_manager(directory: str | os.PathLike, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -43,12 +44,27 @@ def read_manifest(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_manifest(found: dict, expected: dict, where: str) -> None:
-  """Raises CheckpointError naming the first identity field where a checkpoint differs from this run."""
+  """Raises CheckpointError naming the first identity field where a checkpoint differs from this run.
+
+  Dict fields (the whole `mixture`) are compared key by key so the message names e.g. `mixture.grouping`.
+  A field the checkpoint lacks (written by an older version) is not compared.
+  """
   for field in IDENTITY_FIELDS:
-    if field in expected and found.get(field) != expected[field]:
-      raise CheckpointError(
-          f"{where}: checkpoint was trained with {field}={_short(found.get(field))} but this run uses "
-          f"{field}={_short(expected[field])}; use a matching checkpoint or a new workdir")
+    if field not in expected or field not in found:
+      continue
+    want, got = json.loads(json.dumps(expected[field])), found[field]  # tuples -> lists, as saved
+    if isinstance(want, dict) and isinstance(got, dict):
+      differing = [k for k in want if k in got and want[k] != got[k]]
+      if differing:
+        _refuse(where, f"{field}.{differing[0]}", got[differing[0]], want[differing[0]])
+    elif got != want:
+      _refuse(where, field, got, want)
+
+
+def _refuse(where: str, field: str, found: Any, expected: Any) -> None:
+  raise CheckpointError(
+      f"{where}: checkpoint was trained with {field}={_short(found)} but this run uses {field}={_short(expected)}; "
+      "use a matching checkpoint or a new workdir")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, like: Any, expected_manifest: dict) -> tuple[Any, dict]:

@@ -5,6 +5,8 @@
   [prefix P0][mixed attribute prompt P_mix][embedded template text L]  -> inputs_embeds [batch, P0+P_mix+L, H]
 
 with the mask carrying the mixer's padding (concat of fewer attributes than the maximum) and the text's.
+For TOPv2 (`MixtureConfig.grouping`, as the authors do) intents and slots have a mixer each and P_mix is the
+intents' mixed prompt followed by the slots'; a group the example has no attribute of is masked out.
 """
 
 from __future__ import annotations
@@ -25,9 +27,21 @@ from msp_jax.errors import ConfigError
 INSTRUCTION = "Show me three distinct utterances that all express the"
 
 
+GROUPINGS = ("auto", "kind", "none")
+# Attribute kinds in the order their groups' mixed prompts are concatenated (grouping 'kind').
+KIND_ORDER = ("intent", "slot", "entity")
+
+
 @dataclasses.dataclass(frozen=True)
 class MixtureConfig:
-  """Soft prompt sizes and the mixer. Paper: prefix 100 tokens, 20 per attribute."""
+  """Soft prompt sizes and the mixer. Paper: prefix 100 tokens, 20 per attribute.
+
+  `grouping` says which attributes are mixed together (paper: TOPv2 mixes intents and slots separately and
+  concatenates the two mixed prompts):
+    'auto'  by kind for a semantic_parse (TOPv2) ontology, all together otherwise;
+    'kind'  always by kind: one mixer per attribute kind present (intent, slot, entity, in that order);
+    'none'  one mixer over all attributes.
+  """
 
   mixer: str = "attention"
   prefix_length: int = 100
@@ -35,37 +49,75 @@ class MixtureConfig:
   max_attributes: int = 8
   init: str = "description"      # 'description' (embeddings of its tokens) or 'vocab' (sampled rows)
   mixer_options: tuple[tuple[str, Any], ...] = ()
+  grouping: str = "auto"
 
   def __post_init__(self):
-    if self.prefix_length < 0:
-      raise ConfigError(f"prefix_length={self.prefix_length} must be >= 0")
+    if self.prefix_length < 1:
+      raise ConfigError(f"MixtureConfig.prefix_length={self.prefix_length}: the instruction prefix needs at "
+                        "least 1 soft token (paper: 100)")
     if self.attribute_length < 1:
-      raise ConfigError(f"attribute_length={self.attribute_length}: a prompt length must be >= 1")
+      raise ConfigError(f"MixtureConfig.attribute_length={self.attribute_length}: an attribute prompt needs "
+                        "at least 1 soft token (paper: 20)")
     if self.max_attributes < 1:
-      raise ConfigError(f"max_attributes={self.max_attributes} must be >= 1")
+      raise ConfigError(f"MixtureConfig.max_attributes={self.max_attributes} must be >= 1")
     if self.init not in ("description", "vocab"):
-      raise ConfigError(f"init={self.init!r} must be 'description' or 'vocab'")
+      raise ConfigError(f"MixtureConfig.init={self.init!r} must be 'description' or 'vocab'")
+    if self.grouping not in GROUPINGS:
+      raise ConfigError(f"MixtureConfig.grouping={self.grouping!r} must be one of {', '.join(GROUPINGS)}")
+    # An unknown mixer or option fails here, before any data or backbone is loaded.
+    try:
+      mixers.make_mixer(self.mixer, max_attributes=self.max_attributes, **dict(self.mixer_options))
+    except ConfigError as e:
+      raise ConfigError(f"MixtureConfig: {e}") from None
+
+
+def attribute_groups(ontology: Ontology, config: MixtureConfig) -> tuple[int, ...] | None:
+  """The mixer group of each ontology row [n_attributes] (None: one mixer over all attributes)."""
+  grouping = config.grouping
+  if grouping == "auto":
+    grouping = "kind" if ontology.task == "semantic_parse" else "none"
+  if grouping == "none":
+    return None
+  present = {a.kind for a in ontology.attributes}
+  kinds = [kind for kind in KIND_ORDER if kind in present] + sorted(present - set(KIND_ORDER))
+  return tuple(int(g) for g in mixers.group_index_by_kind(ontology, [(kind,) for kind in kinds]))
 
 
 class SoftPrompts(nn.Module):
-  """prefix [P0, H] + attribute table [n_attr, P, H] + mixer -> prompt [batch, P0 + P_mix, H] and mask."""
+  """prefix [P0, H] + attribute table [n_attr, P, H] + mixer -> prompt [batch, P0 + P_mix, H] and mask.
+
+  With `attribute_groups` (the group of each table row, see `attribute_groups`) each group has its own
+  mixer and P_mix is the sum of the groups' mixed lengths, group 0 first.
+  """
 
   num_attributes: int
   embed_dim: int
   config: MixtureConfig
+  attribute_groups: tuple[int, ...] | None = None
 
   def setup(self):
     cfg = self.config
     self.prefix = prompts.InstructionPrefix(length=cfg.prefix_length, embed_dim=self.embed_dim)
     self.table = prompts.AttributePrompts(num_attributes=self.num_attributes, length=cfg.attribute_length,
                                           embed_dim=self.embed_dim)
-    self.mixer = mixers.make_mixer(cfg.mixer, max_attributes=cfg.max_attributes, **dict(cfg.mixer_options))
+    options = dict(max_attributes=cfg.max_attributes, **dict(cfg.mixer_options))
+    if self.attribute_groups is None:
+      self.mixer = mixers.make_mixer(cfg.mixer, **options)
+    else:
+      if len(self.attribute_groups) != self.num_attributes:
+        raise ConfigError(f"attribute_groups has {len(self.attribute_groups)} entries for "
+                          f"{self.num_attributes} attributes")
+      self.mixer = mixers.make_grouped_mixer([cfg.mixer] * (max(self.attribute_groups) + 1), **options)
 
   def __call__(self, attribute_ids: jax.Array, attribute_mask: jax.Array,
                context: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """attribute_ids/mask [batch, A], context [batch, H] -> ([batch, P0 + P_mix, H], [batch, P0 + P_mix])."""
     attribute_prompts = self.table(attribute_ids)                       # [batch, A, P, H]
-    mixed, mixed_mask = self.mixer(attribute_prompts, attribute_mask, context=context)
+    if self.attribute_groups is None:
+      mixed, mixed_mask = self.mixer(attribute_prompts, attribute_mask, context=context)
+    else:
+      groups = jnp.asarray(self.attribute_groups, jnp.int32)[attribute_ids]  # [batch, A]
+      mixed, mixed_mask = self.mixer(attribute_prompts, attribute_mask, context=context, groups=groups)
     batch = attribute_ids.shape[0]
     prefix = jnp.broadcast_to(self.prefix()[None], (batch,) + (self.config.prefix_length, self.embed_dim))
     prompt = jnp.concatenate([prefix.astype(mixed.dtype), mixed], axis=1)
@@ -89,8 +141,8 @@ class MspModel:
   config: MixtureConfig
 
   def __post_init__(self):
-    self.module = SoftPrompts(num_attributes=len(self.ontology.attributes),
-                              embed_dim=self.backbone.embed_dim, config=self.config)
+    self.module = SoftPrompts(num_attributes=len(self.ontology.attributes), embed_dim=self.backbone.embed_dim,
+                              config=self.config, attribute_groups=attribute_groups(self.ontology, self.config))
 
   def init(self, rng: jax.Array, frozen_params: Any) -> Any:
     """Soft params: randomly initialised mixer; prefix and table from the backbone's embeddings."""

@@ -182,6 +182,8 @@ def train(model: MspModel, frozen_params: Any, batch_at: Callable[[int], PromptB
   `stop_after` ends the loop early after that many steps of this call (tests, time-boxed runs).
   """
   workdir = pathlib.Path(workdir)
+  # The optimizer fixes the layout of the saved optimizer state, so a resumed run must use the same one.
+  manifest = {**manifest, "optimizer": config.optimizer}
   optimizer = make_optimizer(config)
   train_step = make_train_step(model, optimizer, mesh)
   eval_step = make_eval_step(model)
@@ -217,8 +219,9 @@ def train(model: MspModel, frozen_params: Any, batch_at: Callable[[int], PromptB
     done = step + 1
     window_tokens += float(batch["targets_mask"].sum() + batch["text_mask"].sum())
     if done % config.log_every == 0 or done == end:
+      loss = float(metrics["loss"])  # waits for the step: the time below covers the computation, not dispatch
       elapsed = time.perf_counter() - window_start
-      record = {"step": done, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+      record = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
                 "learning_rate": float(schedule(step)), "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
       history.append(record)
       logger.scalars(done, {k: v for k, v in record.items() if k != "step"}, prefix="train")

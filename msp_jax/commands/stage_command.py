@@ -7,13 +7,15 @@ import dataclasses
 import json
 import pathlib
 
-from msp_jax.commands.gin_utils import add_gin_arguments, parse_gin
+from msp_jax.commands.gin_utils import add_gin_arguments, one_line_errors, parse_gin
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser,
+                  force_help: str | None = "re-run the stage(s) even when already done") -> None:
   add_gin_arguments(parser)
   parser.add_argument("--workdir", default=None, help="overrides msp.experiment.workdir")
-  parser.add_argument("--force", action="store_true", help="re-run the stage(s) even when already done")
+  if force_help:
+    parser.add_argument("--force", action="store_true", help=force_help)
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -23,7 +25,8 @@ def make_run(args: argparse.Namespace):
   from msp_jax.commands import configurables
 
   parse_gin(args.gin_file, args.gin_bindings)
-  config = configurables.run_config()
+  with one_line_errors():
+    config = configurables.run_config()
   if args.workdir:
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, workdir=args.workdir))
   return workflow.Run(config, show_progress=not args.quiet)

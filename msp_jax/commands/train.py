@@ -1,32 +1,21 @@
-"""`msp train --gin_file FILE [--gin.NAME=VALUE ...]`: tune attribute prompts + mixer (resumes a workdir)."""
+"""`msp train --gin_file FILE [--gin.NAME=VALUE ...]`: tune attribute prompts + mixer (resumes a workdir).
+
+Always trains (resuming from the workdir's last checkpoint up to `TrainConfig.steps`) and records the finished
+stage, so a later `msp run` with the same gin file goes straight to generation.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 
-from msp_jax.commands.gin_utils import add_gin_arguments, parse_gin
+from msp_jax.commands import stage_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  add_gin_arguments(parser)
-  parser.add_argument("--workdir", default=None, help="overrides experiment.workdir")
-  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  stage_command.add_arguments(parser, force_help=None)
 
 
 def run(args: argparse.Namespace) -> int:
-  from msp_jax import pipeline
-  from msp_jax.commands import configurables
-
-  parse_gin(args.gin_file, args.gin_bindings)
-  experiment = configurables.experiment()
-  if args.workdir:
-    experiment["workdir"] = args.workdir
-  result = pipeline.train_prompts(**experiment, **configurables.prompt_training(),
-                                  show_progress=not args.quiet)
-  summary = {"workdir": experiment["workdir"], "resumed_from": result.resumed_from,
-             "step": int(result.state["step"]), "first_dev_loss": result.first_dev_loss,
-             "best_dev_loss": result.best_dev_loss}
-  print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}))
+  record = stage_command.make_run(args).train(force=True)
+  stage_command.print_json(record)
   return 0

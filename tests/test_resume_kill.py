@@ -1,0 +1,112 @@
+"""A training run killed with SIGKILL mid-way and resumed ends bit-identical to an uninterrupted run.
+
+Each run is a fresh interpreter (no fork under JAX). The run to be killed reads its batches slowly, so the
+kill lands after its first checkpoint and before its last step; where exactly (mid-step, mid-save) is up to
+the scheduler, which is the point: any moment must be safe.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+STEPS, CHECKPOINT_EVERY = 12, 3
+
+TRAIN_SCRIPT = r"""
+import pathlib, sys, time
+import jax, numpy as np
+from msp_jax import training
+from msp_jax.backbones import load_backbone
+from msp_jax.data.schema import Attribute, Example, Ontology
+from msp_jax.model_inputs import InputShapes, fixed_batches, make_batch_fn
+from msp_jax.msp_model import MixtureConfig, MspModel
+
+workdir, delay, steps, every = pathlib.Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+ontology = Ontology("toy", "multi_intent", (Attribute("greet", "intent", "say hello"),
+                                           Attribute("bye", "intent", "say goodbye"),
+                                           Attribute("thanks", "intent", "express thanks")))
+texts = {"greet": "hello there", "bye": "see you soon", "thanks": "thanks a lot"}
+examples = [Example(uid=f"e{i}", domain="toy", text=" and ".join(texts[n] for n in names), intents=names)
+            for i, names in enumerate([("greet",), ("bye",), ("thanks",), ("bye", "greet"), ("greet", "thanks"),
+                                       ("bye", "thanks")])]
+backbone = load_backbone("random:llama-tiny").backbone
+model = MspModel(backbone, ontology, MixtureConfig(mixer="attention", prefix_length=3, attribute_length=4,
+                                                   max_attributes=2))
+tok = backbone.tokenizer
+common = dict(exemplar_pool=examples, ontology=ontology, serialize=lambda e: e.text, encode=tok.encode,
+              eos_id=tok.eos_id, pad_id=tok.pad_id, batch_size=4,
+              shapes=InputShapes(max_attributes=2, max_text_len=48, max_target_len=24))
+batch_fn = make_batch_fn(examples, seed=3, **common)
+
+def batch_at(step):
+  time.sleep(delay)  # slow data for the run that gets killed; the batch itself is unchanged
+  return batch_fn(step)
+
+# Warmup + cosine and weight decay: the update depends on the restored step count, not only on the moments.
+config = training.TrainConfig(steps=steps, batch_size=4, learning_rate=0.3, schedule="cosine", warmup_steps=2,
+                              weight_decay=0.01, checkpoint_every=every, eval_every=4, log_every=1, seed=5)
+result = training.train(model, backbone.params, batch_at, fixed_batches(examples[:4], **common), config,
+                        workdir, {"backbone": "random:llama-tiny"}, show_progress=False)
+leaves = {jax.tree_util.keystr(path): np.asarray(x)
+          for path, x in jax.tree_util.tree_leaves_with_path(result.state)}
+np.savez(workdir / "final.npz", **leaves)
+print("resumed_from", result.resumed_from)
+"""
+
+
+def _train(workdir: pathlib.Path, delay: float) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(workdir), str(delay), str(STEPS),
+                           str(CHECKPOINT_EVERY)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+  out, err = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, err[-3000:]
+  return out
+
+
+def _committed_steps(workdir: pathlib.Path) -> list[int]:
+  """Steps whose checkpoint Orbax has committed (it writes to a temporary name and renames at the end)."""
+  folder = workdir / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _final_state(workdir: pathlib.Path) -> dict[str, np.ndarray]:
+  with np.load(workdir / "final.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+  killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+  straight_run = _train(straight_dir, delay=0.0)  # independent: runs while the other one sleeps
+  proc = _train(killed_dir, delay=0.3)
+  deadline = time.monotonic() + 240
+  while not _committed_steps(killed_dir):
+    assert proc.poll() is None, f"run ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
+    assert time.monotonic() < deadline, "no checkpoint within 240 s"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed_dir / "final.npz").exists()
+  killed_at = _committed_steps(killed_dir)
+  assert killed_at and max(killed_at) < STEPS, killed_at
+
+  out = _finish(_train(killed_dir, delay=0.0))
+  assert f"resumed_from {max(killed_at)}" in out
+  assert "resumed_from None" in _finish(straight_run)
+
+  resumed, straight = _final_state(killed_dir), _final_state(straight_dir)
+  assert resumed.keys() == straight.keys()
+  assert any(k.startswith("['opt_state']") for k in straight)   # moments and counts, not only params
+  assert int(straight["['step']"]) == STEPS
+  for name in straight:
+    assert resumed[name].dtype == straight[name].dtype and resumed[name].shape == straight[name].shape, name
+    assert resumed[name].tobytes() == straight[name].tobytes(), f"{name} differs after resume"
