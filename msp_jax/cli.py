@@ -21,6 +21,7 @@ COMMANDS = {
     "perplexity": ("perplexity", "mean NLL per token and perplexity of texts under a backbone"),
     "sample": ("sample", "sample continuations of a prompt from a backbone"),
     "data-stats": ("data_stats", "examples per split, attribute counts and few-shot sizes of a task"),
+    "download": ("download", "download a benchmark (nlupp, crossner, topv2) from its public source"),
     "register": ("register", "register a new domain from JSONL or CSV files"),
     "train": ("train", "tune attribute soft prompts and a mixer against a frozen backbone (gin)"),
     "generate": ("generate", "generate synthetic examples from trained prompts"),

@@ -102,3 +102,19 @@ def test_crossner_without_manual_dir_downloads_the_pinned_archive(data_dir, tmp_
                                              ("few-shot train", "few_shot_train")])
 def test_split_names_are_made_tfds_safe(split, expected):
   assert common.tfds_split_name(split) == expected
+
+
+def test_msp_download_lays_the_archive_out_as_msp_data_dir(data_dir, tmp_path):
+  """`msp download nlupp`: the pinned archive, unpacked, becomes DIR/nlupp, readable by the catalog."""
+  from msp_jax.commands import download
+  from msp_jax.data import catalog
+
+  extracted = tmp_path / "extracted"
+  repo = extracted / "task-specific-datasets-main"
+  repo.mkdir(parents=True)
+  (repo / "nlupp").symlink_to(data_dir / "nlupp")
+  manager = _FakeDownloadManager(extracted, tmp_path / "downloads")
+  root = download.fetch("nlupp", tmp_path / "data", download_manager=manager)
+  assert manager.urls == [download.builder_module("nlupp").URL]
+  hotels = catalog.load_task_data("nlupp_hotels", root)
+  assert len(hotels.splits["validation"]) == 95

@@ -19,6 +19,14 @@ URL = f"https://github.com/zliucr/CrossNER/archive/{COMMIT}.zip"
 DOMAINS = ("politics", "science", "music", "literature", "ai", "conll2003")
 
 
+def download_root(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+  """Downloads and extracts the public archive; returns a data root holding `crossner/`."""
+  extracted = pathlib.Path(dl_manager.download_and_extract(URL))
+  # The archive holds CrossNER-<commit>/ner_data/; the reader wants <root>/crossner/ner_data/.
+  repo = common.find_dir_containing(extracted, "ner_data")
+  return common.link_as(pathlib.Path(dl_manager.download_dir) / "msp_layout", "crossner", repo)
+
+
 class Crossner(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """CrossNER sentences with entity spans."""
 
@@ -36,12 +44,7 @@ class Crossner(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
         citation="Liu et al., CrossNER: Evaluating Cross-Domain Named Entity Recognition, AAAI 2021.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = common.manual_root(dl_manager)
-    if root is None:
-      extracted = pathlib.Path(dl_manager.download_and_extract(URL))
-      # The archive holds CrossNER-<commit>/ner_data/; the reader wants <root>/crossner/ner_data/.
-      repo = common.find_dir_containing(extracted, "ner_data")
-      root = common.link_as(pathlib.Path(dl_manager.download_dir) / "msp_layout", "crossner", repo)
+    root = common.manual_root(dl_manager) or download_root(dl_manager)
     domain_data = crossner_reader.read_crossner(root, self.builder_config.name)
     return common.split_generators(domain_data, self._generate_examples)
 

@@ -19,6 +19,12 @@ URL = f"https://github.com/PolyAI-LDN/task-specific-datasets/archive/{COMMIT}.zi
 DOMAINS = ("banking", "hotels")
 
 
+def download_root(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+  """Downloads and extracts the public archive; returns the data root holding `nlupp/`."""
+  extracted = pathlib.Path(dl_manager.download_and_extract(URL))
+  return common.find_dir_containing(extracted, "nlupp")  # The archive root has nlupp/ inside.
+
+
 class Nlupp(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """NLU++ multi-intent utterances with slot spans."""
 
@@ -38,10 +44,7 @@ class Nlupp(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
                  "Natural Language Understanding in Task-Oriented Dialogue, Findings of NAACL 2022.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = common.manual_root(dl_manager)
-    if root is None:
-      extracted = pathlib.Path(dl_manager.download_and_extract(URL))
-      root = common.find_dir_containing(extracted, "nlupp")  # The archive root has nlupp/ inside.
+    root = common.manual_root(dl_manager) or download_root(dl_manager)
     domain_data = nlupp_reader.read_nlupp(root, self.builder_config.name)
     return common.split_generators(domain_data, self._generate_examples)
 

@@ -19,6 +19,13 @@ URL = "https://dl.fbaipublicfiles.com/topv2/TOPv2_Dataset.zip"
 DOMAINS = ("alarm", "event", "messaging", "music", "navigation", "reminder", "timer", "weather")
 
 
+def download_root(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+  """Downloads and extracts the public archive; returns a data root holding `topv2/`."""
+  extracted = pathlib.Path(dl_manager.download_and_extract(URL))
+  release = common.find_dir_containing(extracted, "weather_train.tsv")
+  return common.link_as(pathlib.Path(dl_manager.download_dir) / "msp_layout", "topv2", release)
+
+
 class Topv2(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   """TOPv2 utterances with their bracketed semantic parse, intents and slot spans."""
 
@@ -38,11 +45,7 @@ class Topv2(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
                  "Parsing, EMNLP 2020.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = common.manual_root(dl_manager)
-    if root is None:
-      extracted = pathlib.Path(dl_manager.download_and_extract(URL))
-      release = common.find_dir_containing(extracted, "weather_train.tsv")
-      root = common.link_as(pathlib.Path(dl_manager.download_dir) / "msp_layout", "topv2", release)
+    root = common.manual_root(dl_manager) or download_root(dl_manager)
     domain_data = topv2_reader.read_topv2(root, self.builder_config.name)
     return common.split_generators(domain_data, self._generate_examples)
 
