@@ -7,8 +7,7 @@ import argparse
 from msp_jax.commands import stage_command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  stage_command.add_arguments(parser)
+add_arguments = stage_command.add_arguments
 
 
 def run(args: argparse.Namespace) -> int:
