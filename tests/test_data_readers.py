@@ -431,8 +431,7 @@ def test_custom_skip_invalid_counts_skipped_rows(tmp_path):
   path = _write(tmp_path / "t.jsonl", [{"text": "hi", "intents": ["book_room"]}, "{oops",
                                        {"intents": ["book_room"]}, {"text": "x", "intents": ["teleport"]},
                                        {"text": "bye", "intents": ["check_out"]}])
-  data, skipped = custom.read_custom("mine", train=path, ontology=FRONT_DESK / "ontology.json",
-                                     skip_invalid=True)
+  data, skipped = custom.read_custom_skipping_invalid("mine", train=path, ontology=FRONT_DESK / "ontology.json")
   assert skipped == 3
   assert [e.text for e in data.splits["train"]] == ["hi", "bye"]
 

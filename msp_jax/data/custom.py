@@ -36,7 +36,7 @@ import csv
 import json
 import os
 import pathlib
-from typing import Any, Literal, overload
+from typing import Any
 
 from msp_jax.data import topv2
 from msp_jax.data.schema import Attribute, DomainData, Example, Ontology, Span, TaskKind
@@ -282,31 +282,33 @@ def infer_ontology(domain: str, task: TaskKind, examples: list[Example]) -> Onto
       + [Attribute(n, span_kind, n.replace("_", " ")) for n in span_labels]))
 
 
-@overload
-def read_custom(name: str, *, train: str | os.PathLike, validation: str | os.PathLike | None = ...,
-                test: str | os.PathLike | None = ..., ontology: str | os.PathLike | None = ...,
-                task: TaskKind | None = ..., skip_invalid: Literal[False] = ...) -> DomainData: ...
-
-
-@overload
-def read_custom(name: str, *, train: str | os.PathLike, validation: str | os.PathLike | None = ...,
-                test: str | os.PathLike | None = ..., ontology: str | os.PathLike | None = ...,
-                task: TaskKind | None = ..., skip_invalid: Literal[True]) -> tuple[DomainData, int]: ...
-
-
-def read_custom(name, *, train, validation=None, test=None, ontology=None, task=None, skip_invalid=False):
-  """A user domain from JSONL/CSV files (schema in the module docstring).
+def read_custom(name: str, *, train: str | os.PathLike, validation: str | os.PathLike | None = None,
+                test: str | os.PathLike | None = None, ontology: str | os.PathLike | None = None,
+                task: TaskKind | None = None) -> DomainData:
+  """A user domain from JSONL/CSV files (schema in the module docstring); the first bad row raises DataError.
 
   Args:
     name: the task name (`DomainData.name`); also the examples' domain unless the ontology names one.
     train, validation, test: data files (`.csv` is read as CSV, anything else as JSONL).
     ontology: an ontology JSON file; inferred from the labels when None.
     task: `multi_intent`, `ner` or `semantic_parse`; default: the ontology's, else inferred.
-    skip_invalid: leave out bad rows instead of raising.
-
-  Returns:
-    The `DomainData`, or with `skip_invalid=True` a pair (DomainData, number of rows skipped).
   """
+  data, _ = _read_custom(name, train=train, validation=validation, test=test, ontology=ontology, task=task,
+                         skip_invalid=False)
+  return data
+
+
+def read_custom_skipping_invalid(name: str, *, train: str | os.PathLike,
+                                 validation: str | os.PathLike | None = None, test: str | os.PathLike | None = None,
+                                 ontology: str | os.PathLike | None = None, task: TaskKind | None = None
+                                 ) -> tuple[DomainData, int]:
+  """`read_custom` that leaves bad rows out instead of raising: (the domain, number of rows skipped)."""
+  return _read_custom(name, train=train, validation=validation, test=test, ontology=ontology, task=task,
+                      skip_invalid=True)
+
+
+def _read_custom(name, *, train, validation, test, ontology, task, skip_invalid: bool
+                 ) -> tuple[DomainData, int]:
   if task is not None and task not in TASK_KINDS:
     raise DataError(f"task {task!r} is not one of {', '.join(TASK_KINDS)}")
   onto = read_ontology_file(ontology, name) if ontology is not None else None
@@ -326,5 +328,4 @@ def read_custom(name, *, train, validation=None, test=None, ontology=None, task=
     onto = infer_ontology(domain, task or infer_task(examples, any(e.parse for e in examples)), examples)
   elif task is None:
     task = onto.task
-  data = DomainData(name=name, ontology=onto, splits=splits)
-  return (data, skipped) if skip_invalid else data
+  return DomainData(name=name, ontology=onto, splits=splits), skipped
