@@ -148,6 +148,7 @@ class Run:
       export.atomic_write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
       summary = {"generated": result.generated, "candidates": len(result.candidates), "dropped": result.dropped,
                  "outcomes": result.outcomes, "novel_generated": plan["novel_requests"],
+                 "novel_candidates": sum(1 for c in result.candidates if c.novel),
                  "prompt_checkpoint": str(checkpoint)}
       return summary, [out / "candidates.jsonl", out / "plan.json"]
     return stages.run_stage(self.config.workdir, "generate", self.config.generate_fingerprint(), compute,
@@ -179,7 +180,8 @@ class Run:
           backbone=run.model.backbone, params=run.frozen_params, seed=self.config.generation.seed)
       novel_kept = sum(1 for c in result.kept if c.novel)
       metrics["denoise"] = {**result.summary, "novel_kept": novel_kept,
-                            "novel_generated": generated["summary"]["novel_generated"]}
+                            "novel_generated": generated["summary"]["novel_generated"],
+                            "novel_candidates": generated["summary"].get("novel_candidates", 0)}
       metrics["generation_dropped"] = generated["summary"]["dropped"]
       export.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
       from tasks import synthetic as synthetic_tasks  # pylint: disable=g-import-not-at-top

@@ -49,6 +49,10 @@ def print_synthetic_summary(record: dict, show_examples: int = 5) -> None:
   if "perplexity" in kept:
     line += f", perplexity {kept['perplexity']:.1f} (seed {metrics['seed_perplexity']['perplexity']:.1f})"
   print(line)
+  denoised = metrics["denoise"]
+  if denoised.get("novel_generated"):
+    print(f"novel attribute combinations: {denoised['novel_generated']} generated, "
+          f"{denoised['novel_candidates']} parsed with the requested labels, {denoised['novel_kept']} kept")
   size = distinct["sample_size"]
   print("distinct@1/2/3 on {} examples each: synthetic {} | seed {}".format(
       size, "/".join(f"{distinct['synthetic'][f'distinct_{k}']:.3f}" for k in (1, 2, 3)),
