@@ -3,6 +3,10 @@
 Parameters declare *logical* axes (`embed`, `mlp`, `heads`, `joined_kv`, `vocab`, ...); a rule table maps
 each logical axis onto a mesh axis of the `('data', 'model')` mesh or onto nothing (replicated). Soft prompts
 and mixers (`prompt`, `prompt_embed`, `attributes`) are small and always replicated; batches split over `data`.
+
+Multi-host: every process runs the same program on the same host values (the batch of a step is a pure function
+of the step; the frozen backbone is read from the same checkpoint), and `put_global` builds each global array
+from the host copy, each process filling only the shards of its own devices.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ DEFAULT_RULES: LogicalRules = (
 
 
 def make_mesh(num_model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A `('data', 'model')` mesh over `devices` (default: all), `num_model` devices per model replica."""
+  """A `('data', 'model')` mesh over `devices` (default: all, of every process), `num_model` devices per model
+  replica. On GPU/CPU clusters `jax.devices()` lists devices process by process, so when `num_model` divides
+  the devices of one host, each model replica stays inside a host and only 'data' collectives cross hosts."""
   devices = list(jax.devices() if devices is None else devices)
   if num_model < 1 or len(devices) % num_model:
     raise ConfigError(f"num_model={num_model} must be >= 1 and divide the device count {len(devices)}")
@@ -77,9 +83,21 @@ def param_shardings(params: Any, param_axes: Any, mesh: Mesh, rules: LogicalRule
       param_axes, params, is_leaf=_is_axes_leaf)
 
 
+def put_global(value: Any, sharding: NamedSharding) -> jax.Array:
+  """One global array with `sharding` from `value`, a host (or single-device) array every process holds whole.
+
+  Each process transfers only the slices its own devices hold, so this is the same call on one host and on
+  many. An array that already spans several processes is resharded instead (no host copy exists).
+  """
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    return jax.device_put(value, sharding)
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_params(params: Any, param_axes: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
-  """Places `params` on `mesh` according to their logical axes."""
-  return jax.device_put(params, param_shardings(params, param_axes, mesh, rules))
+  """Places `params` on `mesh` according to their logical axes (every process passes the same values)."""
+  return jax.tree.map(put_global, params, param_shardings(params, param_axes, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
@@ -92,13 +110,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Splits every array of `batch` over 'data' along its first axis (its size must divide evenly)."""
+  """Splits every array of `batch` over 'data' along its first axis (its size must divide evenly).
+
+  `batch` is the *global* batch, e.g. {'text_ids': [batch, length], ...}, identical on every process; each
+  process keeps the rows of its own devices.
+  """
   data_size = mesh.shape["data"]
 
   def put(x):
-    x = np.asarray(x)
-    if x.shape[0] % data_size:
-      raise ConfigError(f"batch size {x.shape[0]} must be a multiple of the data-parallel size {data_size}")
-    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+    shape = np.shape(x)
+    if not shape:
+      raise ConfigError(f"every batch array needs a leading batch dimension; got a scalar {x!r}")
+    if shape[0] % data_size:
+      raise ConfigError(f"batch size {shape[0]} must be a multiple of the data-parallel size {data_size}")
+    return put_global(x, batch_sharding(mesh, len(shape)))
 
   return jax.tree.map(put, batch)

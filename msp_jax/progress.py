@@ -29,17 +29,23 @@ class Progress:
 
 
 class MetricsLogger:
-  """Scalars to TensorBoard (`tensorboard --logdir DIR`) and to `DIR/metrics.jsonl` (one record a line)."""
+  """Scalars to TensorBoard (`tensorboard --logdir DIR`) and to `DIR/metrics.jsonl` (one record a line);
+  writes nothing when disabled (the processes other than 0 of a multi-host run)."""
 
-  def __init__(self, directory: str | pathlib.Path):
+  def __init__(self, directory: str | pathlib.Path, enabled: bool = True):
+    self.directory = pathlib.Path(directory)
+    self.enabled = enabled
+    if not enabled:
+      return
     from tensorboardX import SummaryWriter  # Imported lazily: pulls in protobuf machinery.
 
-    self.directory = pathlib.Path(directory)
     self.directory.mkdir(parents=True, exist_ok=True)
     self._writer = SummaryWriter(str(self.directory))
     self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
 
   def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+    if not self.enabled:
+      return
     for name, value in values.items():
       self._writer.add_scalar(f"{prefix}/{name}" if prefix else name, value, step)
     self._jsonl.write(json.dumps({"step": step, **{f"{prefix}/{k}" if prefix else k: v
@@ -47,5 +53,7 @@ class MetricsLogger:
     self._jsonl.flush()
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._writer.close()
     self._jsonl.close()

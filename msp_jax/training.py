@@ -188,6 +188,8 @@ def train(model: MspModel, frozen_params: Any, batch_at: Callable[[int], PromptB
   train_step = make_train_step(model, optimizer, mesh)
   eval_step = make_eval_step(model)
   state = init_state(model, frozen_params, optimizer, jax.random.PRNGKey(config.seed))
+  if mesh is not None:  # before restoring: Orbax restores into this layout, which every process can address
+    state = jax.device_put(state, replicated(mesh))
   checkpoints = checkpointing.open_manager(workdir / "checkpoints")
   best = checkpointing.open_manager(workdir / "best", max_to_keep=1)
   resumed_from = checkpoints.latest_step()
@@ -197,8 +199,6 @@ def train(model: MspModel, frozen_params: Any, batch_at: Callable[[int], PromptB
     state, found = checkpointing.restore(checkpoints, resumed_from, state, manifest)
     best_dev_loss = found.get("best_dev_loss", math.inf)
     first_dev_loss = found.get("first_dev_loss", math.nan)
-  if mesh is not None:
-    state = jax.device_put(state, replicated(mesh))
 
   def run_manifest(step: int, **extra) -> dict:
     return {**manifest, "step": step, "data_position": step * config.batch_size,
@@ -207,8 +207,9 @@ def train(model: MspModel, frozen_params: Any, batch_at: Callable[[int], PromptB
   start = int(state["step"])
   if start == 0 and dev_batches:
     first_dev_loss = evaluate(eval_step, state["params"], frozen_params, dev_batches, mesh)
-  logger = MetricsLogger(workdir / "tensorboard")
-  progress = Progress(total=config.steps, initial=start, unit="step", enabled=show_progress)
+  coordinator = jax.process_index() == 0  # several processes: one log and one progress bar, not one each
+  logger = MetricsLogger(workdir / "tensorboard", enabled=coordinator)
+  progress = Progress(total=config.steps, initial=start, unit="step", enabled=show_progress and coordinator)
   history: list[dict] = []
   schedule = learning_rate_schedule(config)
   window_tokens, window_start = 0.0, time.perf_counter()

@@ -63,3 +63,23 @@ def test_rules_and_mesh_errors():
     logical_to_spec(("nonsense",), (4,), mesh)
   with pytest.raises(ConfigError, match="divide the device count"):
     make_mesh(num_model=len(jax.devices()) + 1)
+
+
+def test_shard_batch_needs_a_batch_dimension():
+  from msp_jax.errors import ConfigError
+  from msp_jax.partitioning import make_mesh, shard_batch
+
+  with pytest.raises(ConfigError, match="leading batch dimension"):
+    shard_batch({"ids": np.zeros((2, 3), np.int32), "step": np.int32(0)}, make_mesh())
+
+
+def test_put_global_places_each_slice_of_a_host_array():
+  import jax
+
+  from msp_jax.partitioning import batch_sharding, make_mesh, put_global
+
+  host = np.random.default_rng().normal(size=(len(jax.devices()) * 2, 3)).astype(np.float32)
+  array = put_global(host, batch_sharding(make_mesh(), host.ndim))
+  assert array.shape == host.shape and array.sharding.spec == PartitionSpec("data", None)
+  for shard in array.addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), host[shard.index])

@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser,
 
 def make_run(args: argparse.Namespace):
   """Parses the gin files/bindings of `args` into a `workflow.Run`."""
-  from msp_jax import workflow
+  from msp_jax import distributed, workflow
   from msp_jax.commands import configurables
 
+  distributed.initialize()  # before any JAX call: joins the other hosts when MSP_* / MSP_DISTRIBUTED ask for it
   parse_gin(args.gin_file, args.gin_bindings)
   with one_line_errors():
     config = configurables.run_config()
