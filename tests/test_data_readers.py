@@ -462,11 +462,13 @@ def test_fuzzed_jsonl_files_give_data_or_data_error(tmp_path, rows, skip):
   path = tmp_path / "fuzz.jsonl"
   path.write_text("\n".join(r.replace("\n", " ") for r in rows), encoding="utf-8")
   try:
-    result = custom.read_custom("fuzz", train=path, skip_invalid=skip)
+    if skip:
+      data, _ = custom.read_custom_skipping_invalid("fuzz", train=path)
+    else:
+      data = custom.read_custom("fuzz", train=path)
   except DataError as e:
     assert str(path) in str(e) or "labels" in str(e)
     return
-  data = result[0] if skip else result
   for example in data.splits["train"]:
     assert all(example.text[s.start:s.end] == s.text for s in example.spans)
 
