@@ -49,6 +49,9 @@ def one_line(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
   # TensorFlow (SeqIO, TFRecord export) logs its CUDA/oneDNN start-up at INFO; a user has no use for it.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if os.environ.get("MSP_DEFAULT_MALLOC") != "1":
+    from msp_jax import runtime
+    runtime.reuse_freed_memory()  # before JAX starts: no page-faulting of each step's scratch (runtime.py)
   from msp_jax.commands.gin_utils import split_gin_flags
 
   try:

@@ -55,6 +55,13 @@ def test_greedy_decoding_equals_rerunning_the_full_forward(backbone, with_prefix
   assert all(len(set(row)) > 4 for row in expected.tolist())  # Not a model that repeats one token.
 
 
+def test_fused_weights_sample_the_same_tokens(backbone):
+  embeds, mask = _prompts(backbone, with_prefix=True)
+  run = lambda params: np.asarray(decoding.sample(backbone, params, embeds, mask, jax.random.key(9),
+                                                  max_new_tokens=8, temperature=1.0, top_k=20, eos_id=None)[0])
+  np.testing.assert_array_equal(run(backbone.fused_params(backbone.params)), run(backbone.params))
+
+
 def test_prompt_embeds_put_prefix_first_and_left_pad_the_text(backbone):
   embeds, mask = _prompts(backbone, with_prefix=True)
   # "a longer prompt" is 15 bytes = 15 tokens; "hi" 2.

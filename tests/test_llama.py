@@ -125,6 +125,68 @@ def test_cached_decoding_logits_equal_the_full_forward():
   np.testing.assert_allclose(np.stack(steps, axis=1), np.asarray(full), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_fused_layout_gives_the_same_logits_and_cached_decoding(tied):
+  config = llama.LlamaConfig(**{**llama.LLAMA_CONFIGS["tiny"].__dict__, "tie_embeddings": tied})
+  backbone = llama.LlamaBackbone(config, llama.init_params(config, jax.random.key(5)), tokenizer=None)
+  plain = backbone.params
+  fused = backbone.fused_params(plain)
+  layer = fused["layers_1"]
+  assert set(layer["attention"]) == {"qkv", "out"} and set(layer["mlp"]) == {"wi", "wo"}
+  assert layer["attention"]["qkv"]["kernel"].shape == (32, (4 + 2 * 2) * 8)
+  assert layer["mlp"]["wi"]["kernel"].shape == (32, 2 * 64)
+  assert fused["logits_dense"]["kernel"].shape == (32, 320)
+  np.testing.assert_array_equal(backbone.fused_params(fused)["layers_0"]["mlp"]["wi"]["kernel"],
+                                fused["layers_0"]["mlp"]["wi"]["kernel"])  # Idempotent.
+
+  rng = np.random.default_rng(5)
+  ids = jnp.asarray(rng.integers(0, 320, (2, 10)))
+  mask = jnp.asarray([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+  inputs = backbone.embed(plain, ids[:, :6])
+  expected = np.asarray(backbone.target_logits(plain, inputs, mask, ids[:, 6:], jnp.ones((2, 4))))
+  got = backbone.target_logits(fused, backbone.embed(fused, ids[:, :6]), mask, ids[:, 6:], jnp.ones((2, 4)))
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+  logits, cache = backbone.init_decode(fused, inputs, mask, max_new_tokens=4)
+  steps = [logits]
+  for t in range(6, 9):
+    logits, cache = jax.jit(backbone.decode_step)(fused, cache, ids[:, t])
+    steps.append(logits)
+  np.testing.assert_allclose(np.stack(steps, axis=1), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [2, 3, 5])
+def test_causal_attention_in_query_blocks_equals_one_block(blocks):
+  rng = np.random.default_rng(blocks)
+  batch, kv_heads, length, group, head_dim = 2, 2, 13, 3, 8
+  q = jnp.asarray(rng.normal(size=(batch * kv_heads, length, group, head_dim)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(batch * kv_heads, length, head_dim)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(batch * kv_heads, length, head_dim)), jnp.float32)
+  mask = np.ones((batch, length), bool)
+  mask[1, :4] = False  # Left padding: those keys are masked for every query.
+  attend = jnp.asarray(np.tril(np.ones((length, length), bool))[None] & mask[:, None, :])
+  blocked = np.asarray(llama.attend_blocks(q, k, v, attend, blocks))
+  whole = np.asarray(llama.attend_blocks(q, k.swapaxes(1, 2), v, attend, 1, keys_transposed=True))
+  # Pad queries see no key at all (their outputs are never read); every real query must agree.
+  real = np.repeat(mask, kv_heads, axis=0)  # [batch * kv_heads, length]
+  np.testing.assert_allclose(blocked[real], whole[real], rtol=1e-5, atol=1e-6)
+
+
+def test_long_inputs_match_transformers_through_blocked_attention(tmp_path):
+  model, folder = _hf_model(tmp_path, tied=True, seed=3)
+  backbone = hf_llama.load_hf_backbone(folder)
+  rng = np.random.default_rng(3)
+  in_len, tgt_len = 90, 30  # 120 positions: several causal blocks.
+  assert llama.causal_blocks(in_len + tgt_len) > 1
+  ids = rng.integers(0, VOCAB, (2, in_len + tgt_len))
+  mask = np.ones_like(ids)
+  mask[1, :7] = 0
+  expected = _hf_logits(model, ids, mask)[:, in_len - 1:-1]
+  inputs = backbone.embed(backbone.params, jnp.asarray(ids[:, :in_len]))
+  logits = jax.jit(backbone.target_logits)(backbone.params, inputs, jnp.asarray(mask[:, :in_len]),
+                                          jnp.asarray(ids[:, in_len:]), jnp.ones((2, tgt_len), jnp.int32))
+  np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 def test_param_tree_names_shapes_and_logical_axes():
   config = llama.LLAMA_CONFIGS["smollm2-135m"]
   shapes = llama.param_shapes(config)

@@ -20,8 +20,15 @@ Parameter tree (2-D kernels stored [in, out], what `hf_llama.py` and `gguf_check
   final_norm/scale                    [embed]
   logits_dense/kernel                 [embed, vocab] (only when embeddings are untied)
 
-The KV cache is an explicit pytree of static-shape arrays (`[batch, max_len, kv_heads, head_dim]` per layer)
-updated with `lax.dynamic_update_slice`, so a `lax.while_loop` over decode steps compiles once per shape.
+The KV cache is an explicit pytree of static-shape arrays (per layer keys `[batch * kv_heads, head_dim,
+max_len]` and values `[batch * kv_heads, max_len, head_dim]`) updated with `lax.dynamic_update_slice`, so a
+`lax.while_loop` over decode steps compiles once per shape.
+
+`fused_params` turns the tree above into the *fused layout* -- Q/K/V kernels concatenated into one
+`attention/qkv/kernel`, gate/up into one `mlp/wi/kernel`, and (tied models) the embedding's transpose as
+`logits_dense/kernel` -- which every method also accepts: the same math with fewer, faster matmuls. Build it
+once per set of frozen weights and pass it wherever the params go (sampling, prompt training); with the plain
+tree the concatenations run inside every jitted call (once per call: XLA hoists them out of decode loops).
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ LLAMA_CONFIGS: dict[str, LlamaConfig] = {
                                 head_dim=64, mlp_dim=1536, rope_base=1e5, norm_eps=1e-5, tie_embeddings=True),
 }
 
+# Query positions per block (at most) of causal attention without a cache (`attend_blocks`).
+CAUSAL_BLOCK = 48
+
 # A large finite negative instead of -inf: a query whose keys are all masked (a pad row) gets a uniform
 # softmax instead of NaNs that would poison gradients.
 _MASKED = -1e30
@@ -96,12 +106,47 @@ class RMSNorm(nn.Module):
     return (scale.astype(jnp.float32) * x32).astype(self.dtype)
 
 
-def rotary_tables(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
-  """positions [batch, length] -> (sin, cos) each [batch, length, 1, head_dim] in float32."""
-  inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))  # [head_dim/2]
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-  return jnp.sin(angles), jnp.cos(angles)
+class Kernel(nn.Module):
+  """A bare [in, out] kernel stored at `<name>/kernel` (the tree nn.Dense writes), returned, not applied:
+  projections of the same input (Q/K/V, gate/up) are concatenated and run as one matmul."""
+
+  shape: tuple[int, int]
+  axes: tuple[str, str]
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param("kernel", _init(self.axes), self.shape, jnp.dtype(self.param_dtype))
+
+
+def _project(x: jax.Array, kernels: list[jax.Array], widths: tuple[int, ...], dtype: str) -> list[jax.Array]:
+  """x [..., in] -> one output [..., width] per entry of `widths`, computed as ONE matmul.
+
+  `kernels` are either the separate [in, width_i] kernels of the checkpoint tree (concatenated here; inside
+  a decode loop XLA hoists that out of the loop) or their concatenation, already fused by `fused_params`.
+  Fewer, wider matmuls are markedly faster on CPU at decode batch sizes.
+  """
+  kernel = kernels[0] if len(kernels) == 1 else jnp.concatenate(kernels, axis=1)
+  # Narrower (e.g. bfloat16) weights make a narrower matmul: inputs rounded to it, float32 accumulation.
+  # Upcasting the weights instead would be exact but is several times slower on XLA's CPU backend.
+  compute = kernel.dtype if jnp.finfo(kernel.dtype).bits < jnp.finfo(dtype).bits else jnp.dtype(dtype)
+  out = jnp.dot(x.astype(compute), kernel.astype(compute), preferred_element_type=jnp.float32)
+  return jnp.split(out.astype(dtype), np.cumsum(widths[:-1]).tolist(), axis=-1)
+
+
+def rotary_tables(positions: jax.Array, head_dim: int, base: float, max_position: int
+                  ) -> tuple[jax.Array, jax.Array]:
+  """positions [batch, length], each < max_position -> (sin, cos) each [batch, length, 1, head_dim], float32.
+
+  Rows of a table computed on the host at trace time (angles rounded to float32 first, as Hugging Face
+  does): computed in the graph instead, XLA fuses sin/cos into every rotary consumer and evaluates them
+  once per head, forward and backward -- a few percent of a CPU training step.
+  """
+  inv_freq = (1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))).astype(np.float32)
+  angles = np.arange(max_position, dtype=np.float32)[:, None] * inv_freq  # [max_position, head_dim/2]
+  angles = np.concatenate([angles, angles], axis=-1)
+  sin, cos = jnp.asarray(np.stack([np.sin(angles), np.cos(angles)]))[:, positions]
+  return sin[:, :, None], cos[:, :, None]
 
 
 def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
@@ -111,6 +156,38 @@ def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
 
 
+def attend_blocks(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Array, blocks: int = 1,
+                  keys_transposed: bool = False) -> jax.Array:
+  """Softmax attention of grouped queries, each group over one KV head.
+
+  q [batch * kv_heads, q_len, group, head_dim] (the `group` query heads sharing a KV head), k and v [batch *
+  kv_heads, k_len, head_dim], attend [batch, q_len, k_len] bool -> q's shape. Batch and KV heads share one
+  leading dimension so that no size-1 dimension appears at batch 1 (XLA then copies a decode cache).
+  keys_transposed: k is [batch * kv_heads, head_dim, k_len], the decode cache's layout, in which the
+  one-query score matmul of a decode step reads its right-hand side in its natural layout (much faster).
+
+  blocks > 1 is for causal attention over as many keys as queries: the queries are split into that many
+  blocks and block i reads only the keys up to its last query (the others are masked anyway), which skips
+  about half of the masked work -- the score and softmax tensors dominate a training step's attention.
+  """
+  rows, q_len, group, head_dim = q.shape
+  batch = attend.shape[0]
+  scale = np.float32(1.0 / np.sqrt(head_dim))
+  score_spec = "rqd,rds->rqs" if keys_transposed else "rqd,rsd->rqs"
+  bounds = np.linspace(0, q_len, blocks + 1).round().astype(int)
+  outs = []
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    keys = hi if blocks > 1 else v.shape[1]
+    queries = q[:, lo:hi].reshape(rows, (hi - lo) * group, head_dim)
+    key_block = k[..., :keys] if keys_transposed else k[:, :keys]
+    scores = jnp.einsum(score_spec, queries, key_block, preferred_element_type=jnp.float32) * scale
+    scores = scores.reshape(batch, rows // batch, hi - lo, group, keys)
+    scores = jnp.where(attend[:, None, lo:hi, None, :keys], scores, _MASKED)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(rows, (hi - lo) * group, keys)
+    outs.append(jnp.einsum("rqs,rsd->rqd", weights, v[:, :keys]).reshape(rows, hi - lo, group, head_dim))
+  return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with rotary embeddings and an optional KV cache."""
 
@@ -118,40 +195,47 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, attend: jax.Array,
-               cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
+               causal_blocks: int = 1) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """x [batch, q_len, embed]; attend [batch, q_len, k_len] bool (k_len = q_len, or the cache length).
 
-    With a cache (`k, v` each [batch, max_len, kv_heads, head_dim]) the new keys/values are written at slot
-    `cache_index` and the queries attend over the whole cache.
+    With a cache (`k` [batch * kv_heads, head_dim, max_len], `v` [batch * kv_heads, max_len, head_dim]) the
+    new keys/values are written at slot `cache_index` and the queries attend over the whole cache, which is
+    read in place (heads before positions: no per-step transposes). Without one, `causal_blocks` > 1 declares
+    `attend` causal (see `attend_blocks`).
     """
     cfg = self.config
     batch, q_len, _ = x.shape
-    dense = lambda n, axes, name: nn.Dense(n, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                           kernel_init=_init(axes), name=name)
-    q = dense(cfg.num_heads * cfg.head_dim, ("embed", "joined_kv"), "query")(x)
-    k = dense(cfg.num_kv_heads * cfg.head_dim, ("embed", "joined_kv"), "key")(x)
-    v = dense(cfg.num_kv_heads * cfg.head_dim, ("embed", "joined_kv"), "value")(x)
+    q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    kernel = lambda n_in, n_out, axes, name: Kernel((n_in, n_out), axes, cfg.param_dtype, name=name)()
+    if self.has_variable("params", "qkv"):  # The fused layout (`fused_params`).
+      kernels = [kernel(cfg.embed_dim, q_dim + 2 * kv_dim, ("embed", "joined_kv"), "qkv")]
+    else:
+      kernels = [kernel(cfg.embed_dim, q_dim, ("embed", "joined_kv"), "query"),
+                 kernel(cfg.embed_dim, kv_dim, ("embed", "joined_kv"), "key"),
+                 kernel(cfg.embed_dim, kv_dim, ("embed", "joined_kv"), "value")]
+    q, k, v = _project(x, kernels, (q_dim, kv_dim, kv_dim), cfg.dtype)
+    group, rows = cfg.num_heads // cfg.num_kv_heads, batch * cfg.num_kv_heads
     q = apply_rotary(q.reshape(batch, q_len, cfg.num_heads, cfg.head_dim), sin, cos)
+    q = q.reshape(batch, q_len, cfg.num_kv_heads, group, cfg.head_dim).swapaxes(1, 2)
+    q = q.reshape(rows, q_len, group, cfg.head_dim)
     k = apply_rotary(k.reshape(batch, q_len, cfg.num_kv_heads, cfg.head_dim), sin, cos)
-    v = v.reshape(batch, q_len, cfg.num_kv_heads, cfg.head_dim)
+    k = k.swapaxes(1, 2).reshape(rows, q_len, cfg.head_dim)
+    v = v.reshape(batch, q_len, cfg.num_kv_heads, cfg.head_dim).swapaxes(1, 2).reshape(rows, q_len, cfg.head_dim)
 
-    new_cache = None
-    if cache is not None:
-      k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
-      v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
-      k, v = k_cache, v_cache
-      new_cache = (k_cache, v_cache)
-
-    # [batch, q_len, kv_heads, group, head_dim]: each KV head serves `group` query heads.
-    group = cfg.num_heads // cfg.num_kv_heads
-    q = q.reshape(batch, q_len, cfg.num_kv_heads, group, cfg.head_dim)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(cfg.head_dim).astype(np.float32)
-    scores = jnp.where(attend[:, None, None, :, :], scores, _MASKED)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, q_len, cfg.num_heads * cfg.head_dim)
-    return dense(cfg.embed_dim, ("joined_kv", "embed"), "out")(out), new_cache
+    if cache is None:
+      out = attend_blocks(q, k, v, attend, causal_blocks)
+      new_cache = None
+    else:
+      k = jax.lax.dynamic_update_slice(cache[0], k.swapaxes(1, 2).astype(cache[0].dtype), (0, 0, cache_index))
+      v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0))
+      new_cache = (k, v)
+      out = attend_blocks(q, k, v, attend, keys_transposed=True)
+    out = out.reshape(batch, cfg.num_kv_heads, q_len, group, cfg.head_dim).swapaxes(1, 2)
+    out = out.reshape(batch, q_len, q_dim)
+    (out,) = _project(out, [kernel(q_dim, cfg.embed_dim, ("joined_kv", "embed"), "out")], (cfg.embed_dim,),
+                      cfg.dtype)
+    return out, new_cache
 
 
 class Mlp(nn.Module):
@@ -162,11 +246,16 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    dense = lambda n, axes, name: nn.Dense(n, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                           kernel_init=_init(axes), name=name)
-    gate = dense(cfg.mlp_dim, ("embed", "mlp"), "wi_0")(x)
-    up = dense(cfg.mlp_dim, ("embed", "mlp"), "wi_1")(x)
-    return dense(cfg.embed_dim, ("mlp", "embed"), "wo")(nn.silu(gate) * up)
+    kernel = lambda n_in, n_out, axes, name: Kernel((n_in, n_out), axes, cfg.param_dtype, name=name)()
+    if self.has_variable("params", "wi"):  # The fused layout (`fused_params`).
+      kernels = [kernel(cfg.embed_dim, 2 * cfg.mlp_dim, ("embed", "mlp"), "wi")]
+    else:
+      kernels = [kernel(cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"), "wi_0"),
+                 kernel(cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"), "wi_1")]
+    gate, up = _project(x, kernels, (cfg.mlp_dim, cfg.mlp_dim), cfg.dtype)
+    (out,) = _project(nn.silu(gate) * up, [kernel(cfg.mlp_dim, cfg.embed_dim, ("mlp", "embed"), "wo")],
+                      (cfg.embed_dim,), cfg.dtype)
+    return out
 
 
 class DecoderLayer(nn.Module):
@@ -175,11 +264,11 @@ class DecoderLayer(nn.Module):
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x, sin, cos, attend, cache=None, cache_index=None):
+  def __call__(self, x, sin, cos, attend, cache=None, cache_index=None, causal_blocks=1):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
     h, new_cache = Attention(cfg, name="attention")(norm("attention_norm")(x), sin, cos, attend, cache,
-                                                     cache_index)
+                                                     cache_index, causal_blocks)
     x = x + h
     x = x + Mlp(cfg, name="mlp")(norm("mlp_norm")(x))
     return x, new_cache
@@ -197,30 +286,37 @@ class LlamaModel(nn.Module):
                                    embedding_init=_init(("vocab", "embed"), 1.0))
     self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype)
-    if not cfg.tie_embeddings:
-      self.logits_dense = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
-                                   param_dtype=cfg.param_dtype, kernel_init=_init(("embed", "vocab")))
+    if self._has_output_kernel():
+      self.logits_dense = Kernel((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype)
+
+  def _has_output_kernel(self) -> bool:
+    """Untied models own `logits_dense`; the fused layout of a tied one adds the embedding's transpose."""
+    return not self.config.tie_embeddings or self.has_variable("params", "logits_dense")
 
   def embed(self, tokens: jax.Array) -> jax.Array:
     """tokens [batch, length] -> [batch, length, embed] (Llama does not scale its embeddings)."""
     return self.token_embedder(tokens)
 
   def __call__(self, x: jax.Array, positions: jax.Array, attend: jax.Array, cache: Any = None,
-               cache_index: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    """x [batch, length, embed], positions [batch, length] -> final-normed hidden [batch, length, embed]."""
-    sin, cos = rotary_tables(positions, self.config.head_dim, self.config.rope_base)
+               cache_index: jax.Array | None = None, causal_blocks: int = 1) -> tuple[jax.Array, Any]:
+    """x [batch, length, embed], positions [batch, length] -> final-normed hidden [batch, length, embed].
+
+    causal_blocks > 1 (no cache): `attend` is causal; see `attend_blocks`.
+    """
+    sin, cos = rotary_tables(positions, self.config.head_dim, self.config.rope_base, attend.shape[-1])
     new_cache = []
     for i, layer in enumerate(self.layers):
-      x, layer_cache = layer(x, sin, cos, attend, None if cache is None else cache[i], cache_index)
+      x, layer_cache = layer(x, sin, cos, attend, None if cache is None else cache[i], cache_index,
+                             causal_blocks)
       new_cache.append(layer_cache)
     return self.final_norm(x), (None if cache is None else tuple(new_cache))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden [..., embed] -> float32 logits [..., vocab]."""
-    if self.config.tie_embeddings:
-      out = self.token_embedder.attend(hidden)
+    if self._has_output_kernel():
+      (out,) = _project(hidden, [self.logits_dense()], (self.config.vocab_size,), self.config.dtype)
     else:
-      out = self.logits_dense(hidden)
+      out = self.token_embedder.attend(hidden)
     return out.astype(jnp.float32)
 
   def init_all(self, tokens: jax.Array) -> jax.Array:
@@ -259,6 +355,38 @@ def param_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
 
 def _path_name(path: Any) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def fused_params(params: Params, weights_dtype: str | None = None) -> Params:
+  """The fused layout of a Llama tree (see the module docstring): per layer `attention/qkv/kernel`
+  [embed, (heads + 2 kv_heads) * head_dim] and `mlp/wi/kernel` [embed, 2 mlp] replace query/key/value and
+  wi_0/wi_1; a tied model also gets `logits_dense/kernel` [embed, vocab] = embedding.T. Other leaves are
+  shared, not copied. Exact: the same numbers in one matmul instead of several.
+
+  weights_dtype: store the matmul kernels (not the embedding table or the norms) in this dtype, e.g.
+  'bfloat16': half the bytes per decode step, but NOT exact -- every matmul then rounds its inputs to
+  bfloat16 (float32 accumulation). Default: keep the checkpoint's dtype.
+  """
+  cast = (lambda w: w) if weights_dtype is None else (lambda w: jnp.asarray(w, weights_dtype))
+  out = dict(params)
+  for name, layer in params.items():
+    if not name.startswith("layers_"):
+      continue
+    attention, mlp = layer["attention"], layer["mlp"]
+    qkv = attention.get("qkv", {}).get("kernel")
+    if qkv is None:
+      qkv = jnp.concatenate([attention[k]["kernel"] for k in ("query", "key", "value")], axis=1)
+    wi = mlp.get("wi", {}).get("kernel")
+    if wi is None:
+      wi = jnp.concatenate([mlp["wi_0"]["kernel"], mlp["wi_1"]["kernel"]], axis=1)
+    out[name] = {**layer,
+                 "attention": {"qkv": {"kernel": cast(qkv)}, "out": {"kernel": cast(attention["out"]["kernel"])}},
+                 "mlp": {"wi": {"kernel": cast(wi)}, "wo": {"kernel": cast(mlp["wo"]["kernel"])}}}
+  output = params.get("logits_dense", {}).get("kernel")
+  if output is None:
+    output = jnp.asarray(params["token_embedder"]["embedding"]).T
+  out["logits_dense"] = {"kernel": cast(output)}
+  return out
 
 
 def config_from_params(params: Params, *, num_heads: int, num_kv_heads: int | None = None,
@@ -305,6 +433,11 @@ def check_params(config: LlamaConfig, params: Params, source: str) -> None:
     raise CheckpointError(f"{source}: parameters do not match the Llama config ({'; '.join(problems)})")
 
 
+def causal_blocks(length: int) -> int:
+  """How many query blocks `attend_blocks` splits causal attention over `length` positions into."""
+  return -(-length // CAUSAL_BLOCK)
+
+
 def _positions(mask: jax.Array) -> jax.Array:
   """mask [batch, length] -> positions cumsum(mask) - 1, clipped at 0 for leading pads."""
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
@@ -322,7 +455,8 @@ class LlamaBackbone:
   """A frozen Llama-family LM behind the `Backbone` protocol (`msp_jax/backbones/base.py`).
 
   Cache layout (a dict, valid `lax.while_loop` carry):
-    layers   tuple over layers of (k, v), each [batch, max_len, kv_heads, head_dim]
+    layers   tuple over layers of (k [batch * kv_heads, head_dim, max_len], v [batch * kv_heads, max_len,
+             head_dim])
     key_mask [batch, max_len] bool: slots that hold a real token
     index    [] int32: the next slot to write (same for every row)
     position [batch] int32: the rotary position of the next token per row
@@ -348,6 +482,10 @@ class LlamaBackbone:
   def param_axes(self) -> Any:
     return param_axes(self.config)
 
+  def fused_params(self, params: Params, weights_dtype: str | None = None) -> Params:
+    """`params` in the fused layout (module `fused_params`): build once, then sample / train with it."""
+    return fused_params(params, weights_dtype)
+
   def _apply(self, params: Params, *args, method) -> Any:
     return self.model.apply({"params": params}, *args, method=method)
 
@@ -370,7 +508,8 @@ class LlamaBackbone:
     total = in_len + tgt_len
     causal = jnp.arange(total)[:, None] >= jnp.arange(total)[None, :]
     attend = causal[None] & mask[:, None, :]
-    hidden, _ = self._apply(params, x, _positions(mask), attend, method=LlamaModel.__call__)
+    hidden, _ = self._apply(params, x, _positions(mask), attend, None, None, causal_blocks(total),
+                            method=LlamaModel.__call__)
     # [batch, tgt_len]: the positions whose outputs predict each target.
     first = _last_real(inputs_mask)[:, None]
     rest = jnp.broadcast_to(in_len + jnp.arange(tgt_len - 1)[None, :], (x.shape[0], tgt_len - 1))
@@ -388,8 +527,9 @@ class LlamaBackbone:
     key_mask = jnp.concatenate([mask, jnp.zeros((batch, max_new_tokens), bool)], axis=1)
     causal = jnp.arange(in_len)[:, None] >= jnp.arange(max_len)[None, :]
     attend = causal[None] & key_mask[:, None, :]
-    empty = jnp.zeros((batch, max_len, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
-    layers = tuple((empty, empty) for _ in range(cfg.num_layers))
+    keys = jnp.zeros((batch * cfg.num_kv_heads, cfg.head_dim, max_len), cfg.dtype)
+    values = jnp.zeros((batch * cfg.num_kv_heads, max_len, cfg.head_dim), cfg.dtype)
+    layers = tuple((keys, values) for _ in range(cfg.num_layers))
     hidden, layers = self._apply(params, inputs_embeds.astype(cfg.dtype), _positions(mask), attend, layers,
                                  jnp.int32(0), method=LlamaModel.__call__)
     last = jnp.take_along_axis(hidden, _last_real(mask)[:, None, None], axis=1)[:, 0]

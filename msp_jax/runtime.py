@@ -1,0 +1,40 @@
+"""Process-level settings for CPU runs. Call them first thing in an entry point, before JAX runs anything.
+
+XLA's CPU runtime allocates each jitted call's scratch memory afresh (one block: about 2.5 GB for a SmolLM2
+prompt-training step at batch 8) and frees it at the end. glibc serves such a block with a fresh `mmap` and
+returns it with `munmap`, so every step page-faults its whole scratch in again: about 650k faults, over a
+second of kernel time per step on a 2-core machine, 20% of the step. `reuse_freed_memory` makes glibc keep
+freed memory and hand it out again instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+
+def reuse_freed_memory() -> bool:
+  """One glibc malloc arena, no `mmap` for large blocks, no trimming: freed memory is reused, never returned.
+
+  Every thread then allocates from the main heap, so a block freed at the end of one jitted call is handed
+  to the next one without page faults. The process keeps its peak footprint (what a training or sampling
+  loop needs again at its next step anyway). Must run before JAX starts its threads (before the first
+  computation): threads that already own a malloc arena keep it. Returns False (and changes nothing) where
+  malloc is not glibc's.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  # glibc documents -1 as "never trim"; mallopt returns 1 on success.
+  return all(mallopt(param, value) == 1 for param, value in
+             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
