@@ -43,8 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msp_jax import decoding  # noqa: E402
-from msp_jax import runtime  # noqa: E402
+from msp_jax import decoding, runtime  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.backbones.bpe_tokenizer import chat_prompt  # noqa: E402

@@ -52,10 +52,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msp_jax import training  # noqa: E402
+from msp_jax import runtime, training  # noqa: E402
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.data.schema import Attribute, Ontology  # noqa: E402
-from msp_jax import runtime  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
 from msp_jax.msp_model import MixtureConfig, MspModel  # noqa: E402
 
