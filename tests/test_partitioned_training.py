@@ -21,29 +21,25 @@ import sys
 
 import numpy as np
 
+import toy_domain
+
 RTOL = 1e-5
 
 SCRIPT = r"""
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+""" + toy_domain.IMPORT_TOY_DOMAIN + r"""
 import jax, numpy as np
 from jax.sharding import PartitionSpec
 from msp_jax import training
 from msp_jax.backbones import load_backbone
-from msp_jax.data.schema import Attribute, Example, Ontology
 from msp_jax.model_inputs import InputShapes, make_batch_fn
 from msp_jax.msp_model import MixtureConfig, MspModel
 from msp_jax.partitioning import make_mesh, replicated, shard_batch, shard_params
 
 assert jax.device_count() == 8
 seed = int(sys.argv[1])
-ontology = Ontology("toy", "multi_intent", (Attribute("greet", "intent", "say hello"),
-                                           Attribute("bye", "intent", "say goodbye"),
-                                           Attribute("thanks", "intent", "express thanks")))
-texts = {"greet": "hello there", "bye": "see you soon", "thanks": "thanks a lot"}
-examples = [Example(uid=f"e{i}", domain="toy", text=" and ".join(texts[n] for n in names), intents=names)
-            for i, names in enumerate([("greet",), ("bye",), ("thanks",), ("bye", "greet"), ("greet", "thanks"),
-                                       ("bye", "thanks")])]
+ontology, examples = ONTOLOGY, list(EXAMPLES)
 config = training.TrainConfig(steps=1, batch_size=8, learning_rate=0.1)
 grad_fn = jax.jit(jax.value_and_grad(training.loss_fn, has_aux=True), static_argnums=3)
 

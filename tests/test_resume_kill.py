@@ -16,25 +16,20 @@ import time
 
 import numpy as np
 
+import toy_domain
+
 STEPS, CHECKPOINT_EVERY = 12, 3
 
-TRAIN_SCRIPT = r"""
+TRAIN_SCRIPT = toy_domain.IMPORT_TOY_DOMAIN + r"""
 import pathlib, sys, time
 import jax, numpy as np
 from msp_jax import training
 from msp_jax.backbones import load_backbone
-from msp_jax.data.schema import Attribute, Example, Ontology
 from msp_jax.model_inputs import InputShapes, fixed_batches, make_batch_fn
 from msp_jax.msp_model import MixtureConfig, MspModel
 
 workdir, delay, steps, every = pathlib.Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-ontology = Ontology("toy", "multi_intent", (Attribute("greet", "intent", "say hello"),
-                                           Attribute("bye", "intent", "say goodbye"),
-                                           Attribute("thanks", "intent", "express thanks")))
-texts = {"greet": "hello there", "bye": "see you soon", "thanks": "thanks a lot"}
-examples = [Example(uid=f"e{i}", domain="toy", text=" and ".join(texts[n] for n in names), intents=names)
-            for i, names in enumerate([("greet",), ("bye",), ("thanks",), ("bye", "greet"), ("greet", "thanks"),
-                                       ("bye", "thanks")])]
+ontology, examples = ONTOLOGY, list(EXAMPLES)
 backbone = load_backbone("random:llama-tiny").backbone
 model = MspModel(backbone, ontology, MixtureConfig(mixer="attention", prefix_length=3, attribute_length=4,
                                                    max_attributes=2))
