@@ -55,6 +55,7 @@ class Setup:
   seeds: tuple[Example, ...]
   backbone_spec: str
   model: MspModel
+  shapes: InputShapes  # padded sizes, max_attributes taken from the mixture
   manifest: dict  # the identity a prompt checkpoint of this run must carry (checkpointing.IDENTITY_FIELDS)
 
   @property
@@ -71,11 +72,8 @@ def setup(*, backbone: str, task: str, data_dir: str | None = None, few_shot: bo
   seeds = tuple(seed_examples(domain, few_shot, few_shot_k, seed))
   bb = load_backbone(backbone).backbone
   model = MspModel(bb, domain.ontology, mixture)
-  return Setup(domain, seeds, backbone, model, manifest_for(backbone, bb.embed_dim, domain, mixture, shapes))
-
-
-def input_shapes(setup_: Setup) -> InputShapes:
-  return InputShapes(**setup_.manifest["shapes"])
+  return Setup(domain, seeds, backbone, model, shapes,
+               manifest_for(backbone, bb.embed_dim, domain, mixture, shapes))
 
 
 def train_prompts(*, workdir: str | os.PathLike, backbone: str, task: str, data_dir: str | None = None,
@@ -89,7 +87,7 @@ def train_prompts(*, workdir: str | os.PathLike, backbone: str, task: str, data_
   """
   run = prepared or setup(backbone=backbone, task=task, data_dir=data_dir, few_shot=few_shot,
                           few_shot_k=few_shot_k, mixture=mixture, shapes=shapes, seed=config.seed)
-  shapes = input_shapes(run)
+  shapes = run.shapes
   domain, seeds, model = run.domain, run.seeds, run.model
   dev = domain.splits.get("validation", ())[:max_dev_examples]
   tok = model.backbone.tokenizer

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
+import math
 import pathlib
 from typing import Any, Callable
 
@@ -139,7 +139,7 @@ class Run:
           rebalance=settings.rebalance, novel_combinations=settings.novel_combinations, seed=settings.seed,
           combinations=settings.combinations)
       result = generation.generate(
-          run.model, soft_params, run.frozen_params, requests, run.seeds, shapes=pipeline.input_shapes(run),
+          run.model, soft_params, run.frozen_params, requests, run.seeds, shapes=run.shapes,
           sampling=settings.sampling, label_mode=settings.label_mode, rng=jax.random.PRNGKey(settings.seed),
           show_progress=self.show_progress)
       generation.write_candidates(out / "candidates.jsonl", result.candidates)
@@ -216,10 +216,5 @@ def export_synthetic(out: pathlib.Path, records, seeds) -> dict[str, pathlib.Pat
 
 
 def _finite(value: float) -> float | None:
-  return value if value == value and abs(value) != float("inf") else None
+  return value if math.isfinite(value) else None
 
-
-def workdir_paths(workdir: str | os.PathLike) -> dict[str, pathlib.Path]:
-  workdir = pathlib.Path(workdir)
-  return {"synthetic": workdir / SYNTHETIC_DIR / "synthetic.jsonl",
-          "metrics": workdir / SYNTHETIC_DIR / "metrics.json", "tensorboard": workdir / "tensorboard"}

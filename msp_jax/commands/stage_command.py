@@ -35,6 +35,7 @@ def make_run(args: argparse.Namespace):
 
 def print_synthetic_summary(record: dict, show_examples: int = 5) -> None:
   """Where the synthetic data and metrics are, the headline metrics, and a few kept examples."""
+  from msp_jax import export, synthetic_metrics
   summary = record["summary"]
   metrics = summary["metrics"]
   generated, kept = metrics["generated"], metrics["kept"]
@@ -55,10 +56,11 @@ def print_synthetic_summary(record: dict, show_examples: int = 5) -> None:
     print(f"novel attribute combinations: {denoised['novel_generated']} generated, "
           f"{denoised['novel_candidates']} parsed with the requested labels, {denoised['novel_kept']} kept")
   size = distinct["sample_size"]
-  print("distinct@1/2/3 on {} examples each: synthetic {} | seed {}".format(
-      size, "/".join(f"{distinct['synthetic'][f'distinct_{k}']:.3f}" for k in (1, 2, 3)),
-      "/".join(f"{distinct['seed'][f'distinct_{k}']:.3f}" for k in (1, 2, 3))))
-  from msp_jax import export
+  orders = synthetic_metrics.DISTINCT_ORDERS
+  print("distinct@{} on {} examples each: synthetic {} | seed {}".format(
+      "/".join(map(str, orders)), size,
+      "/".join(f"{distinct['synthetic'][f'distinct_{k}']:.3f}" for k in orders),
+      "/".join(f"{distinct['seed'][f'distinct_{k}']:.3f}" for k in orders)))
   records = export.read_jsonl(summary["files"]["jsonl"])
   if records:
     print("examples:")
