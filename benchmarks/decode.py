@@ -4,24 +4,26 @@ Both read the same GGUF file (dequantised to float32, CPU) and sample 64 new tok
 (temperature 1.0, top-k 50, top-p 1.0, no early stop so every run produces exactly 64 tokens per row) from
 the same chat prompt, at batch 1 and 8; the timed call includes the prompt's prefill on both sides.
 
-msp-jax samples with the backbone's fused weight layout (`LlamaBackbone.fused_params`, built once before
-timing, build time reported), in two rows per batch:
-  float32   the same float32 numbers as the checkpoint tree (concatenated Q/K/V and gate/up kernels): exact.
+msp-jax samples with weights in a layout built once before timing (build time reported), one row per layout:
+  packed    `LlamaBackbone.inference_params`, what `msp generate` samples with: the fused float32 kernels
+            (Q/K/V and gate/up concatenated) stored in 32-column panels for the CPU decode matmul kernel
+            (`msp_jax/kernels/small_m_matmul.cc`). The same float32 numbers up to summation order: exact.
             This is the row `speedup_vs_transformers` reports.
-  bfloat16  matmul weights stored in bfloat16, so every matmul rounds its inputs to bfloat16 (float32
-            accumulation, everything else float32). NOT exact: reported separately, with how far it moves
-            the prompt's next-token logits from the float32 ones.
+  fused     the same fused float32 kernels through XLA's own dot (`LlamaBackbone.fused_params`): exact.
+  bfloat16  fused matmul weights stored in bfloat16, so every matmul rounds its inputs to bfloat16 (float32
+            accumulation, everything else float32), through XLA's dot. NOT exact: reported separately, with
+            how far it moves the prompt's next-token logits from the float32 ones.
 transformers runs float32 with its default threads. Both run in one process with glibc malloc set to reuse
 freed memory (`msp_jax.runtime.reuse_freed_memory`; `--default-malloc` to measure without). One warm-up run each (compilation for msp-jax), then
 `--repeats` timed runs, interleaved across systems so a change in the machine's load hits all of them; the
 table shows medians. Results go to benchmarks/results/decode.json (written atomically) with the load average
 before and after: other processes on this 2-core machine slow both sides, PyTorch's OpenMP threads more.
 
-  python benchmarks/decode.py [--repeats 3] [--batches 1 8] [--new-tokens 64] [--weights-dtypes float32 bfloat16]
+  python benchmarks/decode.py [--repeats 3] [--batches 1 8] [--new-tokens 64] [--layouts packed fused bfloat16]
                               [--skip-transformers] [--default-malloc]
 
-The last line printed is `speedup_vs_transformers: <msp-jax float32 / transformers tokens/s at the largest
-batch>`; the line before it gives the same ratio for the bfloat16 weights.
+The last line printed is `speedup_vs_transformers: <msp-jax packed / transformers tokens/s at the largest
+batch>`; the lines before it give the same ratio for the other layouts.
 """
 
 from __future__ import annotations
@@ -47,9 +49,20 @@ from msp_jax import decoding, runtime  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.backbones.bpe_tokenizer import chat_prompt  # noqa: E402
+from msp_jax.kernels import cpu_matmul  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "decode.json"
+LAYOUTS = {
+    "packed": lambda backbone: backbone.inference_params(backbone.params),
+    "fused": lambda backbone: backbone.fused_params(backbone.params),
+    "bfloat16": lambda backbone: backbone.fused_params(backbone.params, "bfloat16"),
+}
+LAYOUT_NOTES = {
+    "packed": "LlamaBackbone.inference_params: fused float32 kernels in 32-column panels, CPU decode kernel",
+    "fused": "LlamaBackbone.fused_params: fused float32 kernels, XLA dot",
+    "bfloat16": "fused kernels stored in bfloat16 (inexact), XLA dot",
+}
 PAUSE_SECONDS = 1.0  # Between timed runs.
 
 
@@ -118,28 +131,32 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   parser.add_argument("--new-tokens", type=int, default=64)
-  parser.add_argument("--weights-dtypes", nargs="+", default=["float32", "bfloat16"],
-                      help="msp-jax rows; float32 (exact, the one compared) must come first")
+  parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
+                      help="msp-jax rows; the first (exact: packed or fused) is the one the last line reports")
   parser.add_argument("--skip-transformers", action="store_true")
   parser.add_argument("--default-malloc", action="store_true",
                       help="leave glibc malloc as it is (default: `runtime.reuse_freed_memory`, both systems)")
   parser.add_argument("--output", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
   reuses_freed_memory = not args.default_malloc and runtime.reuse_freed_memory()  # Before JAX runs anything.
-  if args.weights_dtypes[0] != "float32":
-    parser.error("--weights-dtypes must start with float32 (the exact row the speedup is reported for)")
+  if args.layouts[0] == "bfloat16":
+    parser.error("--layouts must start with an exact layout (packed or fused): the row the speedup reports")
 
   gguf_path = gguf_checkpoint.smollm2_gguf_path()
   backbone = gguf_checkpoint.load_gguf_backbone(gguf_path)
   prompt_ids = backbone.tokenizer.encode(chat_prompt(PROMPT))
   load_before = os.getloadavg()
-  layouts, fuse_seconds = {}, {}
-  for dtype in args.weights_dtypes:
+  layouts, build_seconds = {}, {}
+  for layout in args.layouts:
     start = time.perf_counter()
-    layouts[dtype] = jax.block_until_ready(backbone.fused_params(backbone.params, dtype))
-    fuse_seconds[dtype] = time.perf_counter() - start
-  drift = {dtype: logit_drift(backbone, layouts[dtype], layouts["float32"], prompt_ids)
-           for dtype in args.weights_dtypes[1:]}
+    layouts[layout] = jax.block_until_ready(LAYOUTS[layout](backbone))
+    build_seconds[layout] = time.perf_counter() - start
+  if "packed" in layouts and layouts["packed"]["layers_0"]["mlp"]["wi"]["kernel"].ndim != 3:
+    parser.error(f"the CPU decode kernel is unavailable ({cpu_matmul.unavailable_reason()}); run with "
+                 "--layouts fused bfloat16")
+  reference = layouts.get("fused") or backbone.fused_params(backbone.params)
+  drift = {layout: logit_drift(backbone, layouts[layout], reference, prompt_ids)
+           for layout in args.layouts if layout != "fused"}
   hf_model = None
   if not args.skip_transformers:
     import torch
@@ -151,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
   rows = []
   for batch in args.batches:
     produced = batch * args.new_tokens
-    runners = {f"msp-jax {dtype}": msp_runner(backbone, layouts[dtype], prompt_ids, batch, args.new_tokens)
-               for dtype in args.weights_dtypes}
+    runners = {f"msp-jax {layout}": msp_runner(backbone, layouts[layout], prompt_ids, batch, args.new_tokens)
+               for layout in args.layouts}
     if hf_model is not None:
       runners["transformers float32"] = transformers_runner(hf_model, prompt_ids, batch, args.new_tokens)
     # Interleaved repeats: a change in the machine's load hits every system alike. The pause lets the other
@@ -164,35 +181,35 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name].append(run(seed))
     hf_rate = produced / statistics.median(seconds["transformers float32"]) if hf_model is not None else None
     for name, times in seconds.items():
-      system, dtype = name.split()
+      system, layout = name.split()
       rate = produced / statistics.median(times)
-      rows.append({"batch": batch, "system": system, "weights_dtype": dtype, "new_tokens": args.new_tokens,
+      rows.append({"batch": batch, "system": system, "layout": layout, "new_tokens": args.new_tokens,
                    "prompt_tokens": len(prompt_ids), "seconds": times, "tokens_per_s": rate,
                    "speedup_vs_transformers": None if hf_rate is None else rate / hf_rate})
 
-  print(f"{'batch':>5} {'system':>13} {'weights':>9} {'tok/s':>7} {'vs transformers':>16}")
+  print(f"{'batch':>5} {'system':>13} {'layout':>9} {'tok/s':>7} {'vs transformers':>16}")
   for row in rows:
     ratio = row["speedup_vs_transformers"]
-    print(f"{row['batch']:>5} {row['system']:>13} {row['weights_dtype']:>9} {row['tokens_per_s']:>7.1f} "
+    print(f"{row['batch']:>5} {row['system']:>13} {row['layout']:>9} {row['tokens_per_s']:>7.1f} "
           f"{'' if ratio is None else f'{ratio:.2f}x':>16}")
-  for dtype, d in drift.items():
-    print(f"{dtype} weights (inexact): max |logit diff| {d['max_abs_logit_diff']:.3f} of {d['logit_scale']:.1f}, "
-          f"same top-1: {d['same_top1']}")
+  for layout, d in drift.items():
+    exact = "exact up to summation order" if layout == "packed" else "inexact"
+    print(f"{layout} ({exact}): max |logit diff| vs fused {d['max_abs_logit_diff']:.2g} of "
+          f"{d['logit_scale']:.1f}, same top-1: {d['same_top1']}")
   write_atomically(args.output, {
       "benchmark": "decode", "model": gguf_path.name, "activations_dtype": "float32",
-      "weights_layout": "fused (LlamaBackbone.fused_params)", "fuse_seconds": fuse_seconds,
-      "inexact_weights_drift": drift,
+      "layouts": {layout: LAYOUT_NOTES[layout] for layout in args.layouts}, "build_seconds": build_seconds,
+      "logit_drift_vs_fused": drift,
       "sampling": {"temperature": 1.0, "top_k": 50, "top_p": 1.0}, "repeats": args.repeats,
       "jax_version": jax.__version__, "backend": jax.default_backend(), "machine": platform.machine(),
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), **torch_info(),
       "malloc_reuses_freed_memory": reuses_freed_memory,
       "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows})
-  exact = [r for r in rows if r["system"] == "msp-jax" and r["weights_dtype"] == "float32"]
-  for dtype in args.weights_dtypes[1:]:
-    row = [r for r in rows if r["system"] == "msp-jax" and r["weights_dtype"] == dtype][-1]
+  last_batch = [r for r in rows if r["system"] == "msp-jax" and r["batch"] == args.batches[-1]]
+  for row in last_batch[1:]:
     if row["speedup_vs_transformers"] is not None:
-      print(f"speedup_vs_transformers_{dtype}_weights: {row['speedup_vs_transformers']:.2f}")
-  ratio = exact[-1]["speedup_vs_transformers"]
+      print(f"speedup_vs_transformers_{row['layout']}: {row['speedup_vs_transformers']:.2f}")
+  ratio = last_batch[0]["speedup_vs_transformers"]
   print(f"speedup_vs_transformers: {float('nan') if ratio is None else ratio:.2f}")
   return 0
 

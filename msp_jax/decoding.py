@@ -138,8 +138,9 @@ def sample(backbone: Backbone, params: Params, inputs_embeds: jax.Array, inputs_
   """Samples continuations of a batch of prompts given as embeddings.
 
   Args:
-    backbone: any `Backbone`; `params` its parameters (for a Llama backbone, `backbone.fused_params(params)`,
-      built once and reused across calls, samples faster: fewer, wider matmuls, same numbers).
+    backbone: any `Backbone`; `params` its parameters (`backbone.inference_params(params)`, built once and
+      reused across calls, samples faster: for a Llama backbone fewer, wider matmuls, and on CPU the decode
+      matmul kernel; the same numbers up to float32 summation order).
     inputs_embeds: [batch, in_len, embed] prompt embeddings (soft prompt and/or embedded text).
     inputs_mask: [batch, in_len], 1 = real (padding anywhere).
     rng: a PRNG key; the same key gives the same tokens.

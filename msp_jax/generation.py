@@ -256,6 +256,7 @@ def generate(model: MspModel, soft_params: Any, frozen_params: Any, requests: Se
   outcomes: collections.Counter[str] = collections.Counter()
   progress = Progress(total=len(rows), unit="ex", desc="generate", enabled=show_progress)
   prompt_inputs = jax.jit(model.inputs)
+  sampling_params = model.backbone.inference_params(frozen_params)  # e.g. packed for the CPU decode kernel
   batch_size = sampling.batch_size
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
@@ -271,7 +272,7 @@ def generate(model: MspModel, soft_params: Any, frozen_params: Any, requests: Se
                             shots, ontology=ontology, encode=tok.encode, pad_id=tok.pad_id, shapes=shapes)
     embeds, mask = prompt_inputs(soft_params, frozen_params, arrays)
     tokens, lengths = decoding.sample(
-        model.backbone, frozen_params, embeds, mask, jax.random.fold_in(rng, start),
+        model.backbone, sampling_params, embeds, mask, jax.random.fold_in(rng, start),
         max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
         top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)

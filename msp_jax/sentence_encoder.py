@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 import numpy as np
 
 from msp_jax.errors import CheckpointError, ConfigError, MspError
@@ -169,6 +170,18 @@ def load_params(model_dir: pathlib.Path, config: BertConfig) -> Params:
   return jax.tree_util.tree_map(jnp.asarray, params)
 
 
+class DenseWeights(nn.Module):
+  """The `kernel` [in, out] and `bias` [out] of a dense layer (nn.Dense's tree), returned, not applied."""
+
+  features_in: int
+  features_out: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    return (self.param("kernel", nn.initializers.lecun_normal(), (self.features_in, self.features_out)),
+            self.param("bias", nn.initializers.zeros, (self.features_out,)))
+
+
 class SelfAttention(nn.Module):
   """Bidirectional multi-head attention with biases; padded keys are never attended to."""
 
@@ -178,17 +191,24 @@ class SelfAttention(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     """x [batch, length, hidden], mask [batch, length] (1 = real) -> [batch, length, hidden]."""
     cfg = self.config
-    head_dim = cfg.hidden_size // cfg.num_heads
-    split = lambda y: y.reshape(y.shape[:2] + (cfg.num_heads, head_dim))  # [batch, length, heads, head_dim]
-    q = split(nn.Dense(cfg.hidden_size, name="query")(x))
-    k = split(nn.Dense(cfg.hidden_size, name="key")(x))
-    v = split(nn.Dense(cfg.hidden_size, name="value")(x))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim)  # [batch, heads, q, k]
+    batch, length, hidden = x.shape
+    head_dim = hidden // cfg.num_heads
+    kernels, biases = zip(*(DenseWeights(hidden, hidden, name=n)() for n in ("query", "key", "value")))
+    # One [hidden, 3 hidden] matmul instead of three, then heads before positions: the two attention
+    # contractions are then plain batched matmuls over [batch, heads] (no transposes inside them).
+    qkv = x @ jnp.concatenate(kernels, axis=1) + jnp.concatenate(biases)
+    q, k, v = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * np.float32(1 / np.sqrt(head_dim)), k)  # [batch, heads, q, k]
     # A large finite negative (not -inf): an all-pad row (a padded batch slot) gets a uniform softmax, not NaN.
     logits = jnp.where(mask[:, None, None, :].astype(bool), logits, -1e30)
-    weights = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape)
-    return nn.Dense(cfg.hidden_size, name="out")(out)
+    out = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
+    return nn.Dense(hidden, name="out")(out.transpose(0, 2, 1, 3).reshape(x.shape))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """BERT's exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), written with `erf` (about 2x faster on
+  XLA's CPU backend than `jax.nn.gelu(approximate=False)`, within float32 round-off of it)."""
+  return 0.5 * x * (1.0 + jax.scipy.special.erf(x * np.float32(1 / np.sqrt(2))))
 
 
 class Mlp(nn.Module):
@@ -200,7 +220,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [batch, length, hidden] -> [batch, length, hidden]."""
     h = nn.Dense(self.config.intermediate_size, name="wi")(x)
-    return nn.Dense(self.config.hidden_size, name="wo")(jax.nn.gelu(h, approximate=False))
+    return nn.Dense(self.config.hidden_size, name="wo")(gelu(h))
 
 
 class BertLayer(nn.Module):

@@ -70,6 +70,10 @@ class Backbone(Protocol):
   def decode_step(self, params: Params, cache: Cache, tokens: jax.Array) -> tuple[jax.Array, Cache]:
     """Feeds tokens [batch] (the last sampled ones); returns logits [batch, vocab] for the next token."""
 
+  def inference_params(self, params: Params) -> Params:
+    """`params` in the layout that samples fastest (the same numbers up to float32 round-off); build it once
+    and pass it to `init_decode` / `decode_step` / `decoding.sample`. Not for training."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LoadedBackbone:

@@ -43,6 +43,7 @@ import numpy as np
 
 from msp_jax.backbones.base import Cache, Params, Tokenizer
 from msp_jax.errors import CheckpointError, ConfigError
+from msp_jax.kernels import cpu_matmul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,22 +117,37 @@ class Kernel(nn.Module):
 
   @nn.compact
   def __call__(self) -> jax.Array:
+    if self.has_variable("params", "kernel"):
+      stored = self.get_variable("params", "kernel")
+      if stored.ndim == 3:  # Panel-packed for the CPU decode kernel (`fused_params(pack=True)`).
+        return stored
     return self.param("kernel", _init(self.axes), self.shape, jnp.dtype(self.param_dtype))
+
+
+# Up to this many rows, a panel-packed kernel (`pack=True` in `fused_params`) runs through the CPU decode
+# kernel; a longer input (a prefill, a training batch) unpacks it to [in, out] inside the jitted call and uses
+# XLA's dot, which is the faster one at those sizes.
+SMALL_ROWS = 64
 
 
 def _project(x: jax.Array, kernels: list[jax.Array], widths: tuple[int, ...], dtype: str) -> list[jax.Array]:
   """x [..., in] -> one output [..., width] per entry of `widths`, computed as ONE matmul.
 
   `kernels` are either the separate [in, width_i] kernels of the checkpoint tree (concatenated here; inside
-  a decode loop XLA hoists that out of the loop) or their concatenation, already fused by `fused_params`.
+  a decode loop XLA hoists that out of the loop), their concatenation, already fused by `fused_params`, or
+  that concatenation packed in 32-column panels [panels, in, 32] (`fused_params(pack=True)`, float32).
   Fewer, wider matmuls are markedly faster on CPU at decode batch sizes.
   """
   kernel = kernels[0] if len(kernels) == 1 else jnp.concatenate(kernels, axis=1)
+  split = lambda out: jnp.split(out.astype(dtype), np.cumsum(widths[:-1]).tolist(), axis=-1)
+  if kernel.ndim == 3:  # Panel-packed (float32).
+    if np.prod(x.shape[:-1]) <= SMALL_ROWS:
+      return split(cpu_matmul.matmul(x.astype(jnp.float32), kernel, sum(widths)))
+    kernel = cpu_matmul.unpack(kernel, sum(widths))
   # Narrower (e.g. bfloat16) weights make a narrower matmul: inputs rounded to it, float32 accumulation.
   # Upcasting the weights instead would be exact but is several times slower on XLA's CPU backend.
   compute = kernel.dtype if jnp.finfo(kernel.dtype).bits < jnp.finfo(dtype).bits else jnp.dtype(dtype)
-  out = jnp.dot(x.astype(compute), kernel.astype(compute), preferred_element_type=jnp.float32)
-  return jnp.split(out.astype(dtype), np.cumsum(widths[:-1]).tolist(), axis=-1)
+  return split(jnp.dot(x.astype(compute), kernel.astype(compute), preferred_element_type=jnp.float32))
 
 
 def rotary_tables(positions: jax.Array, head_dim: int, base: float, max_position: int
@@ -357,7 +373,7 @@ def _path_name(path: Any) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
-def fused_params(params: Params, weights_dtype: str | None = None) -> Params:
+def fused_params(params: Params, weights_dtype: str | None = None, pack: bool = False) -> Params:
   """The fused layout of a Llama tree (see the module docstring): per layer `attention/qkv/kernel`
   [embed, (heads + 2 kv_heads) * head_dim] and `mlp/wi/kernel` [embed, 2 mlp] replace query/key/value and
   wi_0/wi_1; a tied model also gets `logits_dense/kernel` [embed, vocab] = embedding.T. Other leaves are
@@ -366,8 +382,17 @@ def fused_params(params: Params, weights_dtype: str | None = None) -> Params:
   weights_dtype: store the matmul kernels (not the embedding table or the norms) in this dtype, e.g.
   'bfloat16': half the bytes per decode step, but NOT exact -- every matmul then rounds its inputs to
   bfloat16 (float32 accumulation). Default: keep the checkpoint's dtype.
+  pack: also store every matmul kernel in 32-column panels, [ceil(out / 32), in, 32] (`cpu_matmul.pack`), for
+  the CPU decode kernel: float32 only, inference only (no gradient), one device (not partitioned), and it
+  needs `cpu_matmul.available()`. Same numbers up to float32 summation order.
   """
-  cast = (lambda w: w) if weights_dtype is None else (lambda w: jnp.asarray(w, weights_dtype))
+  if pack:
+    if weights_dtype not in (None, "float32") or not cpu_matmul.available():
+      raise ConfigError("fused_params(pack=True) needs float32 weights and the CPU matmul kernel "
+                        f"({cpu_matmul.unavailable_reason() or 'weights_dtype=' + str(weights_dtype)})")
+    cast = cpu_matmul.pack
+  else:
+    cast = (lambda w: w) if weights_dtype is None else (lambda w: jnp.asarray(w, weights_dtype))
   out = dict(params)
   for name, layer in params.items():
     if not name.startswith("layers_"):
@@ -387,6 +412,12 @@ def fused_params(params: Params, weights_dtype: str | None = None) -> Params:
     output = jnp.asarray(params["token_embedder"]["embedding"]).T
   out["logits_dense"] = {"kernel": cast(output)}
   return out
+
+
+def _on_one_cpu_device(params: Params) -> bool:
+  leaves = jax.tree_util.tree_leaves(params)
+  devices = {d for leaf in leaves if isinstance(leaf, jax.Array) for d in leaf.devices()}
+  return len(devices) <= 1 and all(d.platform == "cpu" for d in devices) and jax.default_backend() == "cpu"
 
 
 def config_from_params(params: Params, *, num_heads: int, num_kv_heads: int | None = None,
@@ -482,9 +513,16 @@ class LlamaBackbone:
   def param_axes(self) -> Any:
     return param_axes(self.config)
 
-  def fused_params(self, params: Params, weights_dtype: str | None = None) -> Params:
+  def fused_params(self, params: Params, weights_dtype: str | None = None, pack: bool = False) -> Params:
     """`params` in the fused layout (module `fused_params`): build once, then sample / train with it."""
-    return fused_params(params, weights_dtype)
+    return fused_params(params, weights_dtype, pack)
+
+  def inference_params(self, params: Params) -> Params:
+    """The fastest exact layout for sampling: fused, and panel-packed for the CPU decode kernel when the
+    params are float32 on one CPU device and the kernel is available. Not for training (no gradient)."""
+    dtypes = {jnp.dtype(x.dtype) for x in jax.tree_util.tree_leaves(params)}
+    pack = dtypes == {jnp.dtype(jnp.float32)} and _on_one_cpu_device(params) and cpu_matmul.available()
+    return fused_params(params, pack=pack)
 
   def _apply(self, params: Params, *args, method) -> Any:
     return self.model.apply({"params": params}, *args, method=method)

@@ -476,6 +476,10 @@ class T5Backbone:
   def param_axes(self) -> Any:
     return param_axes(self.config)
 
+  def inference_params(self, params: Params) -> Params:
+    """T5 samples from its checkpoint layout as it is."""
+    return params
+
   def _apply(self, params: Params, method: Callable[..., Any], *args: Any) -> Any:
     return self.model.apply({"params": params}, *args, method=method)
 
