@@ -9,12 +9,16 @@ attributes of its seed) with the same formula (0.5 * mean seed frequency of the 
                    (length-bucketed jitted forward), then one jitted score + per-seed top-k.
   st_batched       sentence-transformers `encode` of the same distinct texts (its default batch size 32, it
                    sorts by length too), NumPy scoring and `np.lexsort` selection.
-  st_loop          the authors' way: for each synthetic example, `encode([new_text, seed_text])` (one call per
-                   pair, the kinder reading of a per-example loop), then the score in Python, then the per-seed
-                   top-k. Timed on the first `--loop-subset` examples and extrapolated per example.
+  st_loop          the authors' way (`embedding_distance_score` in their components/denoise.py): for each
+                   synthetic example, `encode([new_text, seed_text])`, one call per pair, then the score in
+                   Python, then the per-seed top-k. Timed on the first `--loop-subset` examples and extrapolated
+                   per example.
 
-One warm-up run each (compilation for msp-jax), then `--repeats` timed runs; medians. Results go to
-benchmarks/results/denoise.json (written atomically).
+One warm-up run each (compilation for msp-jax), then `--repeats` timed runs interleaved across the three (a
+change in the machine's load hits all alike); medians. The run also measures the float32 `jnp.dot` peak and
+prints the *compute ceiling*: the examples/s that peak would give if all of it went into the encoder's matmul
+FLOPs for the real tokens (no attention, norms or padding) -- a bound no float32 implementation on this
+machine passes. Results go to benchmarks/results/denoise.json (written atomically).
 
   python benchmarks/denoise.py [--n 2000] [--repeats 3] [--loop-subset 200]
 
@@ -44,6 +48,7 @@ from msp_jax import denoising  # noqa: E402
 from msp_jax.data.schema import Attribute, Example, Ontology  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
 from msp_jax.sentence_encoder import SentenceEncoder  # noqa: E402
+from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "denoise.json"
 PER_SEED, KEEP_PER_SEED = 5, 4
@@ -156,14 +161,28 @@ def run_st_loop(model, seeds, candidates) -> np.ndarray:
   return top_k_per_seed(np.array(scores), groups)
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-  out = fn()  # warm-up (compilation for msp-jax)
-  times = []
+def flops_per_example(config, candidates: list[Candidate], seeds: list[Example], encoder) -> float:
+  """The least float32 work one denoised example needs: 2 x the encoder's matmul parameters (Q, K, V, out,
+  MLP) per real token of every distinct text, summed and spread over the examples (attention, norms and
+  padding not counted, so this bounds from below)."""
+  per_token = 2.0 * config.num_layers * (4 * config.hidden_size**2 + 2 * config.hidden_size * config.intermediate_size)
+  texts = list(dict.fromkeys([c.example.text for c in candidates] + [s.text for s in seeds]))
+  return per_token * sum(len(ids) for ids in encoder.tokenizer.encode_batch(texts)) / len(candidates)
+
+
+def timed_interleaved(runs: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+  """One warm-up call of each (compilation for msp-jax), then `repeats` rounds calling each in turn.
+
+  Returns the seconds per run and the last output, by name.
+  """
+  outputs = {name: fn() for name, fn in runs.items()}
+  seconds = {name: [] for name in runs}
   for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - start)
-  return times, out
+    for name, fn in runs.items():
+      start = time.perf_counter()
+      outputs[name] = fn()
+      seconds[name].append(time.perf_counter() - start)
+  return seconds, outputs
 
 
 def write_atomically(path: pathlib.Path, payload: dict) -> None:
@@ -191,11 +210,15 @@ def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   run_msp(encoder, seeds, candidates)  # the first call: tokenize + compile every bucket shape it needs
   first_call = time.perf_counter() - start
-  msp_times, msp_keep = timed(lambda: run_msp(encoder, seeds, candidates), args.repeats)
-  batched_times, batched_keep = timed(lambda: run_st_batched(model, seeds, candidates), args.repeats)
   subset = candidates[:args.loop_subset - args.loop_subset % PER_SEED]
-  loop_times, _ = timed(lambda: run_st_loop(model, seeds, subset), args.repeats)
-
+  seconds, outputs = timed_interleaved({
+      "msp_jax": lambda: run_msp(encoder, seeds, candidates),
+      "st_batched": lambda: run_st_batched(model, seeds, candidates),
+      "st_loop": lambda: run_st_loop(model, seeds, subset)}, args.repeats)
+  msp_times, batched_times, loop_times = seconds["msp_jax"], seconds["st_batched"], seconds["st_loop"]
+  msp_keep, batched_keep = outputs["msp_jax"], outputs["st_batched"]
+  peak = max(measure_peak(6))  # GFLOP/s
+  ceiling = peak * 1e9 / flops_per_example(encoder.config, candidates, seeds, encoder)  # examples/s
   rows = {
       "msp_jax": n / statistics.median(msp_times),
       "st_batched": n / statistics.median(batched_times),
@@ -209,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{name:<12} {rate:>11.1f} {rows['msp_jax'] / rate:>16.2f}")
   print(f"msp-jax first call (compilation included): {first_call:.2f} s; same kept set as st_batched on "
         f"{agreement:.2%} of candidates")
+  print(f"float32 compute ceiling: {ceiling:.1f} examples/s (the {peak:.0f} GFLOP/s jnp.dot peak of this run "
+        f"over the matmul FLOPs each example needs) = {ceiling / rows['st_loop']:.2f}x st_loop, "
+        f"{ceiling / rows['st_batched']:.2f}x st_batched; msp-jax runs at {rows['msp_jax'] / ceiling:.0%} of it")
   write_atomically(args.output, {
       "benchmark": "denoise", "examples": n, "seeds": len(seeds), "per_seed": PER_SEED,
       "keep_per_seed": KEEP_PER_SEED, "tokens_median": float(np.median(lengths)), "tokens_max": max(lengths),
@@ -216,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
       "examples_per_s": rows, "seconds": {"msp_jax": msp_times, "st_batched": batched_times,
                                           "st_loop_subset": loop_times},
       "msp_jax_first_call_s": first_call, "kept_agreement_with_st_batched": agreement,
+      "peak_gflops_per_s": peak, "compute_ceiling_examples_per_s": ceiling,
+      "ceiling_speedup_vs_st_loop": ceiling / rows["st_loop"],
       "speedup_vs_st_batched": rows["msp_jax"] / rows["st_batched"],
       "speedup_vs_st_loop": rows["msp_jax"] / rows["st_loop"],
       "note": "st_loop timed on loop_subset examples and extrapolated per example",

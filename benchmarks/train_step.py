@@ -57,25 +57,12 @@ from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.data.schema import Attribute, Ontology  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
 from msp_jax.msp_model import MixtureConfig, MspModel  # noqa: E402
+from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "train_step.json"
 PAUSE_SECONDS = 1.0  # Between timed runs.
 NUM_ATTRIBUTES = 8      # rows of the attribute prompt table
 ATTRIBUTES_PER_ROW = 2  # real attributes per example (the rest padded)
-
-
-def measure_peak(repeats: int, size: int = 2048) -> list[float]:
-  """f32 GFLOP/s of `repeats` jitted [size, size] x [size, size] jnp.dot calls."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, b).block_until_ready()
-    rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-  return rates
 
 
 def make_batch(rng: np.random.Generator, batch: int, text_len: int, target_len: int, vocab: int) -> dict:
