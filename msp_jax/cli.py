@@ -30,6 +30,10 @@ COMMANDS = {
 }
 
 
+# Commands that read or write through TensorFlow (SeqIO tasks, TFDS, TFRecord), imported up front quietly.
+USES_TENSORFLOW = {"data-stats", "download", "register", "train", "generate", "denoise", "run"}
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="msp", description="Mixture of Soft Prompts in JAX.")
   subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -47,15 +51,19 @@ def one_line(error: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
   # TensorFlow (SeqIO, TFRecord export) logs its CUDA/oneDNN start-up at INFO; a user has no use for it.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from msp_jax import runtime
+
   if os.environ.get("MSP_DEFAULT_MALLOC") != "1":
-    from msp_jax import runtime
     runtime.reuse_freed_memory()  # before JAX starts: no page-faulting of each step's scratch (runtime.py)
+  if argv and argv[0] in USES_TENSORFLOW:
+    runtime.import_tensorflow_quietly()
   from msp_jax.commands.gin_utils import split_gin_flags
 
   try:
-    argv, gin_flags = split_gin_flags(sys.argv[1:] if argv is None else argv)
+    argv, gin_flags = split_gin_flags(argv)
   except MspError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

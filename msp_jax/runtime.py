@@ -38,3 +38,31 @@ def reuse_freed_memory() -> bool:
   # glibc documents -1 as "never trim"; mallopt returns 1 on success.
   return all(mallopt(param, value) == 1 for param, value in
              ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow (SeqIO and the TFRecord export use it) without its C++ start-up banner on stderr.
+
+  TensorFlow prints INFO lines (oneDNN on, no CUDA driver) before its absl logging is initialised, where no
+  environment variable silences them. They are captured here instead; if the import fails they are shown
+  with the error.
+  """
+  if "tensorflow" in sys.modules:
+    return
+  import os
+  import tempfile
+
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # noqa: F401
+    except BaseException:
+      os.dup2(saved, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors="replace"))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
