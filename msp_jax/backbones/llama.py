@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msp_jax.backbones.base import Cache, Params, Tokenizer
+from msp_jax.backbones.param_checks import check_params_match
 from msp_jax.errors import CheckpointError, ConfigError
 from msp_jax.kernels import cpu_matmul
 
@@ -447,21 +448,9 @@ def config_from_params(params: Params, *, num_heads: int, num_kv_heads: int | No
 
 
 def check_params(config: LlamaConfig, params: Params, source: str) -> None:
-  """Raises CheckpointError naming `source` and the first offending keys if `params` does not fit `config`."""
-  want = param_shapes(config)
-  got = {_path_name(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  missing = [k for k in want if k not in got]
-  extra = [k for k in got if k not in want]
-  wrong = [f"{k} has shape {got[k]}, expected {want[k]}" for k in want if k in got and got[k] != want[k]]
-  problems = []
-  if missing:
-    problems.append(f"missing {missing[:3]}")
-  if extra:
-    problems.append(f"unexpected {extra[:3]}")
-  if wrong:
-    problems.append("; ".join(wrong[:3]))
-  if problems:
-    raise CheckpointError(f"{source}: parameters do not match the Llama config ({'; '.join(problems)})")
+  """Raises CheckpointError naming `source` and the first offending keys if `params` does not fit `config`
+  (keys and shapes; a checkpoint's dtype is the reader's business)."""
+  check_params_match(nn.meta.unbox(_boxed_shapes(config)), params, source, check_dtype=False)
 
 
 def causal_blocks(length: int) -> int:
