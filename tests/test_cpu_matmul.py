@@ -117,3 +117,11 @@ def test_without_the_kernel_inference_params_stay_unpacked(backbone, monkeypatch
   assert params["layers_0"]["mlp"]["wi"]["kernel"].ndim == 2
   with pytest.raises(ConfigError, match="disabled for the test"):
     backbone.fused_params(backbone.params, pack=True)
+
+
+def test_unwritable_cache_folder_builds_under_the_temporary_folder(tmp_path, monkeypatch):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  monkeypatch.setenv("MSP_KERNEL_CACHE", str(blocker / "kernels"))  # mkdir under a file fails
+  path = cpu_matmul.build()
+  assert path.is_file() and path.parent.name == "msp_jax_kernels"

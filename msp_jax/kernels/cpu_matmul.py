@@ -85,7 +85,13 @@ def build(force: bool = False) -> pathlib.Path:
   path = library_path(compiler)
   if path.is_file() and not force:
     return path
-  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError:  # A read-only home: build under the system's temporary folder instead.
+    path = pathlib.Path(tempfile.gettempdir()) / "msp_jax_kernels" / path.name
+    if path.is_file() and not force:
+      return path
+    path.parent.mkdir(parents=True, exist_ok=True)
   # Compile to a temporary name in the same folder, then rename: a concurrent or killed build never leaves a
   # partial library under the final name.
   with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so.tmp", delete=False) as tmp:
