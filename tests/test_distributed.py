@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+import toy_domain
 from msp_jax import distributed
 from msp_jax.errors import ConfigError
 
@@ -84,30 +85,15 @@ WORKER = r"""
 import json, sys
 from msp_jax import distributed
 assert distributed.initialize() and distributed.initialize()  # from MSP_*; the second call is a no-op
+""" + toy_domain.IMPORT_TOY_DOMAIN + r"""
 import jax, numpy as np
 from msp_jax import training
-from msp_jax.backbones import load_backbone
-from msp_jax.data.schema import Attribute, Example, Ontology
-from msp_jax.model_inputs import InputShapes, make_batch_fn
-from msp_jax.msp_model import MixtureConfig, MspModel
 from msp_jax.partitioning import make_mesh, put_global, replicated, shard_batch, shard_params
 
 seed = int(sys.argv[1])
-ontology = Ontology("toy", "multi_intent", (Attribute("greet", "intent", "say hello"),
-                                           Attribute("bye", "intent", "say goodbye")))
-texts = {"greet": "hello there friend", "bye": "goodbye see you soon"}
-examples = [Example(uid=f"e{i}", domain="toy", text=texts[n], intents=(n,))
-            for i, n in enumerate(["greet", "bye", "bye", "greet"])]
-bb = load_backbone("random:llama-tiny").backbone
-model = MspModel(bb, ontology, MixtureConfig(mixer="attention", prefix_length=3, attribute_length=4,
-                                             max_attributes=2))
-tok = bb.tokenizer
 # The same pure function of (seed, step) on every process: the global batch needs no communication.
-batch = make_batch_fn(examples, exemplar_pool=examples, ontology=ontology, serialize=lambda e: e.text,
-                      encode=tok.encode, eos_id=tok.eos_id, pad_id=tok.pad_id, batch_size=4, seed=seed,
-                      shapes=InputShapes(max_attributes=2, max_text_len=24, max_target_len=12))(0).arrays()
+bb, model, batch, soft = toy_step_inputs("random:llama-tiny", batch_size=4, seed=seed)
 optimizer = training.make_optimizer(training.TrainConfig(steps=1, batch_size=4))
-soft = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(seed), bb.params))
 new_state = lambda: {"params": soft, "opt_state": jax.tree.map(np.asarray, optimizer.init(soft)),
                      "step": np.int32(0)}
 

@@ -32,14 +32,10 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from jax.sharding import PartitionSpec
 from msp_jax import training
-from msp_jax.backbones import load_backbone
-from msp_jax.model_inputs import InputShapes, make_batch_fn
-from msp_jax.msp_model import MixtureConfig, MspModel
 from msp_jax.partitioning import make_mesh, replicated, shard_batch, shard_params
 
 assert jax.device_count() == 8
 seed = int(sys.argv[1])
-ontology, examples = ONTOLOGY, list(EXAMPLES)
 config = training.TrainConfig(steps=1, batch_size=8, learning_rate=0.1)
 grad_fn = jax.jit(jax.value_and_grad(training.loss_fn, has_aux=True), static_argnums=3)
 
@@ -48,14 +44,7 @@ def leaves(tree):
 
 out = {}
 for spec, meshes in (("random:t5-tiny", (2,)), ("random:llama-tiny", (2, 1))):
-  bb = load_backbone(spec).backbone
-  model = MspModel(bb, ontology, MixtureConfig(mixer="attention", prefix_length=3, attribute_length=4,
-                                               max_attributes=2))
-  tok = bb.tokenizer
-  batch = make_batch_fn(examples, exemplar_pool=examples, ontology=ontology, serialize=lambda e: e.text,
-                        encode=tok.encode, eos_id=tok.eos_id, pad_id=tok.pad_id, batch_size=8, seed=seed,
-                        shapes=InputShapes(max_attributes=2, max_text_len=40, max_target_len=20))(0).arrays()
-  soft = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(seed), bb.params))  # host copies: steps donate
+  bb, model, batch, soft = toy_step_inputs(spec, batch_size=8, seed=seed)
   optimizer = training.make_optimizer(config)
   one = jax.devices()[0]
   put = lambda tree: jax.device_put(jax.tree.map(np.asarray, tree), one)
