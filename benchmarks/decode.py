@@ -13,11 +13,12 @@ msp-jax samples with weights in a layout built once before timing (build time re
   bfloat16  fused matmul weights stored in bfloat16, so every matmul rounds its inputs to bfloat16 (float32
             accumulation, everything else float32), through XLA's dot. NOT exact: reported separately, with
             how far it moves the prompt's next-token logits from the float32 ones.
-transformers runs float32 with its default threads. Both run in one process with glibc malloc set to reuse
-freed memory (`msp_jax.runtime.reuse_freed_memory`; `--default-malloc` to measure without). One warm-up run each (compilation for msp-jax), then
-`--repeats` timed runs, interleaved across systems so a change in the machine's load hits all of them; the
-table shows medians. Results go to benchmarks/results/decode.json (written atomically) with the load average
-before and after: other processes on this 2-core machine slow both sides, PyTorch's OpenMP threads more.
+transformers runs float32 with its default threads. Both run in one process with glibc malloc set to reuse freed
+memory (`msp_jax.runtime.reuse_freed_memory`; `--default-malloc` to measure without). One warm-up run each
+(compilation for msp-jax), then `--repeats` timed runs, interleaved across systems so a change in the machine's
+load hits all of them; the table shows medians. Results go to benchmarks/results/decode.json (written
+atomically) with the load average before and after: other processes on this 2-core machine slow both sides,
+PyTorch's OpenMP threads more.
 
   python benchmarks/decode.py [--repeats 3] [--batches 1 8] [--new-tokens 64] [--layouts packed fused bfloat16]
                               [--skip-transformers] [--default-malloc]
@@ -122,10 +123,6 @@ def torch_info() -> dict:
   return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def write_atomically(path: pathlib.Path, payload: dict) -> None:
-  atomic_write_text(path, json.dumps(payload, indent=2))
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--repeats", type=int, default=3)
@@ -196,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     exact = "exact up to summation order" if layout == "packed" else "inexact"
     print(f"{layout} ({exact}): max |logit diff| vs fused {d['max_abs_logit_diff']:.2g} of "
           f"{d['logit_scale']:.1f}, same top-1: {d['same_top1']}")
-  write_atomically(args.output, {
+  atomic_write_text(args.output, json.dumps({
       "benchmark": "decode", "model": gguf_path.name, "activations_dtype": "float32",
       "layouts": {layout: LAYOUT_NOTES[layout] for layout in args.layouts}, "build_seconds": build_seconds,
       "logit_drift_vs_fused": drift,
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
       "jax_version": jax.__version__, "backend": jax.default_backend(), "machine": platform.machine(),
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), **torch_info(),
       "malloc_reuses_freed_memory": reuses_freed_memory,
-      "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows})
+      "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows}, indent=2))
   last_batch = [r for r in rows if r["system"] == "msp-jax" and r["batch"] == args.batches[-1]]
   for row in last_batch[1:]:
     if row["speedup_vs_transformers"] is not None:

@@ -189,10 +189,6 @@ def timed_interleaved(runs: dict, repeats: int) -> tuple[dict[str, list[float]],
   return seconds, outputs
 
 
-def write_atomically(path: pathlib.Path, payload: dict) -> None:
-  atomic_write_text(path, json.dumps(payload, indent=2))
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--n", type=int, default=2000, help="synthetic examples to denoise")
@@ -246,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{ceiling / rows['st_batched']:.2f}x st_batched")
   for name in encoders:
     print(f"speedup_vs_authors_loop_{name}: {rows[name] / rows['st_loop']:.2f}")
-  write_atomically(args.output, {
+  atomic_write_text(args.output, json.dumps({
       "benchmark": "denoise", "examples": n, "seeds": len(seeds), "per_seed": PER_SEED,
       "keep_per_seed": KEEP_PER_SEED, "tokens_median": float(np.median(lengths)), "tokens_max": max(lengths),
       "repeats": args.repeats, "loop_subset": len(subset), "msp_jax_batch_size": args.batch_size,
@@ -258,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
       "speedup_vs_st_loop": {name: rows[name] / rows["st_loop"] for name in encoders},
       "note": "st_loop timed on loop_subset examples and extrapolated per example",
       "jax_version": jax.__version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-      "backend": jax.default_backend(), "machine": platform.machine(), "cpu_count": os.cpu_count()})
+      "backend": jax.default_backend(), "machine": platform.machine(), "cpu_count": os.cpu_count()}, indent=2))
   print(f"speedup_vs_sentence_transformers_batched: {rows[ours] / rows['st_batched']:.2f}")
   return 0
 

@@ -1,4 +1,5 @@
-"""Process-level settings for CPU runs. Call them first thing in an entry point, before JAX runs anything.
+"""Process-level settings for CPU runs, and what the CPU can do. Call the settings first thing in an entry
+point, before JAX runs anything.
 
 XLA's CPU runtime allocates each jitted call's scratch memory afresh (one block: about 2.5 GB for a SmolLM2
 prompt-training step at batch 8) and frees it at the end. glibc serves such a block with a fresh `mmap` and
@@ -66,3 +67,15 @@ def import_tensorflow_quietly() -> None:
     finally:
       os.dup2(saved, 2)
       os.close(saved)
+
+
+def cpu_flags() -> frozenset[str]:
+  """This CPU's feature flags (`/proc/cpuinfo`: x86 `flags`, Arm `Features`); empty where unreadable."""
+  import pathlib
+
+  try:
+    info = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return frozenset()
+  return frozenset(word for line in info.splitlines() if line.startswith(("flags", "Features"))
+                   for word in line.split(":", 1)[-1].split())

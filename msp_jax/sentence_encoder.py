@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
 
+from msp_jax import runtime
 from msp_jax.errors import CheckpointError, ConfigError, MspError
 
 Params = Any
@@ -309,12 +310,7 @@ def default_matmul_dtype() -> str:
   'float32' (elsewhere XLA would emulate them, slower than float32)."""
   if jax.default_backend() != "cpu":
     return "bfloat16"
-  try:
-    flags = set(" ".join(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split())
-  except OSError:
-    return "float32"
-  return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+  return "bfloat16" if runtime.cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def matmul_params(params: Params, dtype: str) -> Params:

@@ -221,5 +221,6 @@ def test_shape_mismatch_names_the_offending_key(tmp_path):
   config = json.load(open(config_file))
   config["intermediate_size"] = 96  # The safetensors hold 80.
   json.dump(config, open(config_file, "w"))
-  with pytest.raises(CheckpointError, match=r"shape mismatches: layers_0/mlp/wi_0/kernel expected \(48, 96\) got \(48, 80\)"):
+  with pytest.raises(CheckpointError,
+                     match=r"shape mismatches: layers_0/mlp/wi_0/kernel expected \(48, 96\) got \(48, 80\)"):
     hf_llama.read_hf_params(folder)

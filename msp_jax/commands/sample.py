@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     prompt = chat_prompt(prompt)
   ids, mask = decoding.tokenize_padded(backbone.tokenizer, [prompt] * args.num_samples)
   embeds = backbone.embed(backbone.params, ids)
-  tokens, lengths = decoding.sample(backbone, backbone.inference_params(backbone.params), embeds, mask, jax.random.PRNGKey(args.seed),
+  params = backbone.inference_params(backbone.params)
+  tokens, lengths = decoding.sample(backbone, params, embeds, mask, jax.random.PRNGKey(args.seed),
                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy)
   tokens, lengths = np.asarray(tokens), np.asarray(lengths)

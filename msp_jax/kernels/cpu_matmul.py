@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msp_jax import runtime
+
 PANEL = 32
 TARGET = "msp_small_m_matmul"
 SOURCE = pathlib.Path(__file__).with_name("small_m_matmul.cc")
@@ -41,16 +43,6 @@ FLAGS = ("-O3", "-march=native", "-std=gnu++17", "-shared", "-fPIC", "-w")
 
 _log = logging.getLogger(__name__)
 _state: dict[str, object] = {}  # "available": bool once decided, "library": the loaded CDLL, "error": why not
-
-
-def _cpu_signature() -> str:
-  """The CPU model and feature flags (a -march=native build is only valid on a CPU with the same ones)."""
-  try:
-    info = pathlib.Path("/proc/cpuinfo").read_text()
-    lines = [line for line in info.splitlines() if line.startswith(("flags", "model name", "Features"))]
-    return "\n".join(sorted(set(lines)))
-  except OSError:
-    return platform.processor() or platform.machine()
 
 
 def _compiler() -> str | None:
@@ -68,8 +60,9 @@ def cache_dir() -> pathlib.Path:
 def library_path(compiler: str) -> pathlib.Path:
   import jaxlib
 
+  # A -march=native build is only valid on a CPU with the same feature flags.
   key = hashlib.sha256("\n".join([SOURCE.read_text(), jaxlib.__version__, compiler, " ".join(FLAGS),
-                                  _cpu_signature()]).encode()).hexdigest()[:16]
+                                  platform.machine(), *sorted(runtime.cpu_flags())]).encode()).hexdigest()[:16]
   return cache_dir() / f"small_m_matmul-{key}.so"
 
 
