@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from msp_jax import checkpointing
+from msp_jax import checkpointing, distributed
 from msp_jax.errors import ConfigError
 from msp_jax.model_inputs import PromptBatch
 from msp_jax.msp_model import MspModel
@@ -207,7 +207,7 @@ def train(model: MspModel, frozen_params: Any, batch_at: Callable[[int], PromptB
   start = int(state["step"])
   if start == 0 and dev_batches:
     first_dev_loss = evaluate(eval_step, state["params"], frozen_params, dev_batches, mesh)
-  coordinator = jax.process_index() == 0  # several processes: one log and one progress bar, not one each
+  coordinator = distributed.is_coordinator()  # several processes: one log and one progress bar, not one each
   logger = MetricsLogger(workdir / "tensorboard", enabled=coordinator)
   progress = Progress(total=config.steps, initial=start, unit="step", enabled=show_progress and coordinator)
   history: list[dict] = []
