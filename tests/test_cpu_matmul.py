@@ -1,5 +1,5 @@
 """`msp_jax.kernels.cpu_matmul`: the CPU decode matmul custom call against float64 NumPy, and the packed
-Llama layout that uses it against the plain one."""
+Llama layout that uses it against the plain one; the kernels' build (`msp_jax.kernels.library`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from msp_jax import decoding
 from msp_jax.backbones import llama
 from msp_jax.errors import ConfigError
-from msp_jax.kernels import cpu_matmul
+from msp_jax.kernels import cpu_matmul, library
 
 
 
@@ -65,13 +65,13 @@ def test_build_errors_name_the_compiler_and_its_message(tmp_path, monkeypatch):
   monkeypatch.setenv("MSP_KERNEL_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", "/no/such/compiler")
   with pytest.raises(RuntimeError, match=r"CXX='/no/such/compiler'"):
-    cpu_matmul.build()
+    library.build()
   monkeypatch.delenv("CXX")
   broken = tmp_path / "broken.cc"
   broken.write_text("this is not C++\n")
-  monkeypatch.setattr(cpu_matmul, "SOURCE", broken)
+  monkeypatch.setattr(library, "SOURCES", (*library.SOURCES, broken))
   with pytest.raises(RuntimeError, match=r"broken\.cc failed \(exit \d+\):\n.*error"):
-    cpu_matmul.build()
+    library.build()
   assert not list(tmp_path.glob("*.so*"))  # No partial library left behind.
 
 
@@ -112,7 +112,7 @@ def test_packed_kernels_serve_long_inputs_through_xla(backbone):
 
 
 def test_without_the_kernel_inference_params_stay_unpacked(backbone, monkeypatch):
-  monkeypatch.setattr(cpu_matmul, "_state", {"available": False, "error": "disabled for the test"})
+  monkeypatch.setattr(library, "_state", {"available": False, "error": "disabled for the test"})
   params = backbone.inference_params(backbone.params)
   assert params["layers_0"]["mlp"]["wi"]["kernel"].ndim == 2
   with pytest.raises(ConfigError, match="disabled for the test"):
@@ -123,5 +123,5 @@ def test_unwritable_cache_folder_builds_under_the_temporary_folder(tmp_path, mon
   blocker = tmp_path / "a_file"
   blocker.write_text("not a folder")
   monkeypatch.setenv("MSP_KERNEL_CACHE", str(blocker / "kernels"))  # mkdir under a file fails
-  path = cpu_matmul.build()
+  path = library.build()
   assert path.is_file() and path.parent.name == "msp_jax_kernels"

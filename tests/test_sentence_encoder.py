@@ -51,7 +51,13 @@ def varied_sentences(rng: np.random.Generator, count: int = 50) -> list[str]:
 
 @pytest.fixture(scope="module")
 def encoder() -> sentence_encoder.SentenceEncoder:
-  return sentence_encoder.SentenceEncoder(matmul_dtype="float32")
+  return sentence_encoder.SentenceEncoder(matmul_dtype="float32", layout="padded")
+
+
+@pytest.fixture(scope="module")
+def packed_encoder() -> sentence_encoder.SentenceEncoder:
+  # Small batches, so the 50 texts span several of them (and the last one is cut to a smaller shape).
+  return sentence_encoder.SentenceEncoder(matmul_dtype="float32", layout="packed", batch_tokens=512)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,9 @@ def texts() -> list[str]:
 
 def test_loaded_params_have_the_module_tree(encoder):
   ids = np.zeros((1, 8), np.int32)
-  expected = jax.eval_shape(sentence_encoder.BertEncoder(encoder.config).init, jax.random.key(0), ids, ids)
+  attend = lambda qkv: sentence_encoder.padded_attention(qkv, np.ones((1, 8), np.int32), encoder.config.num_heads)
+  init = lambda key: sentence_encoder.BertEncoder(encoder.config).init(key, ids, ids, attend)
+  expected = jax.eval_shape(init, jax.random.key(0))
   shapes = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), encoder.params)
   assert shapes == jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), expected["params"])
 
@@ -97,12 +105,16 @@ def test_long_text_is_cut_to_256_tokens_ending_in_sep(encoder):
 
 @pytest.fixture(scope="module")
 def bf16_encoder() -> sentence_encoder.SentenceEncoder:
-  return sentence_encoder.SentenceEncoder(matmul_dtype="bfloat16")
+  return sentence_encoder.SentenceEncoder(matmul_dtype="bfloat16")  # the default layout: packed on CPU
 
 
-@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
-def test_embeddings_match_sentence_transformers(encoder, bf16_encoder, reference, texts, matmul_dtype):
-  encoder = bf16_encoder if matmul_dtype == "bfloat16" else encoder
+def test_default_layout_is_packed_where_the_kernel_runs(bf16_encoder):
+  assert sentence_encoder.default_layout(bf16_encoder.config) == "packed" == bf16_encoder.layout
+
+
+@pytest.mark.parametrize("variant", ["float32 padded", "float32 packed", "bfloat16 packed"])
+def test_embeddings_match_sentence_transformers(encoder, packed_encoder, bf16_encoder, reference, texts, variant):
+  encoder = {"float32 padded": encoder, "float32 packed": packed_encoder, "bfloat16 packed": bf16_encoder}[variant]
   # A small batch size so the 50 texts span several batches and bucket lengths, and the re-ordering shows.
   ours = encoder.encode(texts, batch_size=8)
   expected = reference.encode(texts, batch_size=16, convert_to_numpy=True)
@@ -110,6 +122,28 @@ def test_embeddings_match_sentence_transformers(encoder, bf16_encoder, reference
   worst = int(np.argmin(cosine))
   assert cosine.min() >= 0.9999, (texts[worst][:80], cosine[worst])
   np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, rtol=1e-5)
+
+
+def test_packed_and_padded_layouts_agree(encoder, packed_encoder, texts):
+  np.testing.assert_allclose(packed_encoder.encode(texts), encoder.encode(texts), atol=2e-6)
+
+
+def test_packed_embedding_does_not_depend_on_the_batch_around_it(packed_encoder):
+  text = "Could we move our stay to Friday instead?"
+  alone = packed_encoder.encode([text])
+  crowded = packed_encoder.encode(["cancel it", "x " * 100, text, "A much longer request about parking. " * 5])
+  np.testing.assert_allclose(crowded[2:3], alone, atol=2e-6)
+
+
+def test_bad_layouts_are_named(monkeypatch):
+  with pytest.raises(ConfigError, match=r"layout='sideways'"):
+    sentence_encoder.SentenceEncoder(layout="sideways")
+  with pytest.raises(ConfigError, match=r"batch_tokens=100, expected >= max_seq_length=256"):
+    sentence_encoder.SentenceEncoder(batch_tokens=100)
+  monkeypatch.setattr(sentence_encoder.segment_attention, "available", lambda: False)
+  assert sentence_encoder.default_layout() == "padded"
+  with pytest.raises(ConfigError, match=r"layout='packed' needs the CPU attention kernel"):
+    sentence_encoder.SentenceEncoder(layout="packed")
 
 
 def test_padding_length_does_not_change_the_embedding(encoder):

@@ -5,19 +5,16 @@
 // multiply-adds with it, so its speed is the speed at which the weights stream from memory. XLA's CPU dot
 // reaches about half the machine's memory bandwidth at M = 8; this kernel streams each panel contiguously
 // (one hardware-prefetch stream per thread), keeps an [8 rows x 32 columns] accumulator tile in registers,
-// and splits the panels over XLA's own intra-op thread pool, which brings it to the bandwidth.
+// and splits the panels over XLA's own intra-op thread pool (parallel_for.h), which brings it to the bandwidth.
 //
 // Rows are processed in blocks of 8 per panel; a panel (K * 128 bytes) stays in cache between row blocks.
 // Written with GCC vector extensions (no intrinsics): compiled with -march=native it uses the widest
 // vectors the machine has, and it compiles on any x86-64 or Arm64 machine.
 
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -81,29 +78,6 @@ void Panel(const float* x, const float* panel, float* out, int64_t m_dim, int64_
   }
 }
 
-// Panels are handed out in chunks through an atomic counter. The calling thread works too, and waits only
-// for chunks that a helper has already claimed (and is running), never for a helper to start: the call
-// cannot deadlock on a busy pool. A helper that starts late finds nothing left and returns without touching
-// the buffers; the shared state outlives the call through the shared_ptr.
-struct Work {
-  const float* x;
-  const float* w;
-  float* out;
-  int64_t m_dim, k_dim, ldo, panels, chunk, chunks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> finished{0};
-
-  void Run() {
-    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
-      const int64_t end = std::min(panels, (c + 1) * chunk);
-      for (int64_t p = c * chunk; p < end; ++p) {
-        Panel(x, w + p * k_dim * kPanel, out + p * kPanel, m_dim, k_dim, ldo);
-      }
-      finished.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error SmallMMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                         ffi::ResultBuffer<ffi::F32> out) {
   const auto x_dims = x.dimensions();
@@ -118,26 +92,15 @@ ffi::Error SmallMMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
                                        "out [M, 32 P])");
   }
   if (m_dim == 0 || panels == 0) return ffi::Error::Success();
-  auto work = std::make_shared<Work>();
-  work->x = x.typed_data();
-  work->w = w.typed_data();
-  work->out = out->typed_data();
-  work->m_dim = m_dim;
-  work->k_dim = k_dim;
-  work->ldo = panels * kPanel;
-  work->panels = panels;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  // About four chunks per thread evens out threads that start late; a chunk is at least one panel.
-  work->chunk = std::max<int64_t>(1, panels / (4 * (threads + 1)));
-  work->chunks = (panels + work->chunk - 1) / work->chunk;
-  const int64_t helpers = std::min<int64_t>(threads, work->chunks - 1);
-  for (int64_t i = 0; i < helpers; ++i) {
-    pool.Schedule([work] { work->Run(); });
-  }
-  work->Run();
-  while (work->finished.load(std::memory_order_acquire) < work->chunks) {
-    std::this_thread::yield();
-  }
+  const float* x_data = x.typed_data();
+  const float* w_data = w.typed_data();
+  float* out_data = out->typed_data();
+  const int64_t ldo = panels * kPanel;
+  msp_jax::ParallelFor(pool, panels, [=](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      Panel(x_data, w_data + p * k_dim * kPanel, out_data + p * kPanel, m_dim, k_dim, ldo);
+    }
+  });
   return ffi::Error::Success();
 }
 
