@@ -5,7 +5,7 @@
   text: `token_ids [rows, length]`, `mask [rows, length]`. Any backend.
 * **packed** (`packed_batches`): texts laid end to end in one token axis of `batch_tokens` tokens, with
   `starts [max_texts + 1]` marking where each begins: no padding between texts, and every batch but the last
-  has the same shapes, so one compilation serves a whole corpus. Needs an attention that reads `starts` (the
+  has the same shapes, so one compilation serves a whole corpus (and the last batch takes one of 8 sizes). Needs an attention that reads `starts` (the
   CPU kernel `kernels.segment_attention`).
 
 Both return batches whose `texts` field holds the indices (into the input list) of the texts they carry, in
@@ -46,8 +46,8 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
   return buckets[-1]
 
 
-def _power_of_two_at_least(count: int, floor: int = 1) -> int:
-  size = floor
+def _power_of_two_at_least(count: int) -> int:
+  size = 1
   while size < count:
     size *= 2
   return size
@@ -86,13 +86,14 @@ def padded_batches(ids: Sequence[Sequence[int]], *, batch_size: int, max_batch_t
   return batches
 
 
-def packed_batches(ids: Sequence[Sequence[int]], *, batch_tokens: int, max_texts: int, pad_id: int,
-                   min_tokens: int = 64) -> list[PackedBatch]:
+def packed_batches(ids: Sequence[Sequence[int]], *, batch_tokens: int, max_texts: int, pad_id: int
+                   ) -> list[PackedBatch]:
   """Packed batches of `batch_tokens` tokens and at most `max_texts` texts (see the module docstring).
 
   Each batch is filled first-fit-decreasing: the longest remaining text that still fits, until none does or
-  `max_texts` are in. The last batch is cut to the next power of two >= its tokens (at least `min_tokens`), so
-  a corpus compiles a few shapes at most. Texts must be at most `batch_tokens` long.
+  `max_texts` are in. The last batch is cut to the next multiple of an eighth of `batch_tokens` (at least 64
+  tokens) that holds it: at most 8 shapes ever compile, and the last batch wastes less than an eighth. Texts
+  must be at most `batch_tokens` long.
   """
   if batch_tokens < 1 or max_texts < 1:
     raise ConfigError(f"batch_tokens={batch_tokens}, max_texts={max_texts}: expected both >= 1")
@@ -122,7 +123,8 @@ def packed_batches(ids: Sequence[Sequence[int]], *, batch_tokens: int, max_texts
   for number, chosen in enumerate(chosen_batches):
     used = sum(len(ids[i]) for i in chosen)
     last = number == len(chosen_batches) - 1
-    tokens = min(batch_tokens, _power_of_two_at_least(used, min_tokens)) if last else batch_tokens
+    granule = max(64, batch_tokens // 8)
+    tokens = min(batch_tokens, -(-used // granule) * granule) if last else batch_tokens
     token_ids = np.full(tokens, pad_id, np.int32)
     positions = np.zeros(tokens, np.int32)
     segment_ids = np.full(tokens, max_texts, np.int32)
