@@ -5,6 +5,8 @@ files), compiled into one shared library and registered with XLA's CPU backend.
                         used through `cpu_matmul`.
   segment_attention.cc  `msp_segment_attention`: self-attention over packed sequences (the denoiser's
                         sentence encoder); used through `segment_attention`.
+  bf16_matmul.cc        `msp_bf16_matmul`: bfloat16 x panel-packed bfloat16 weights, float32 out (the
+                        denoiser's dense layers); built only for CPUs with AVX512-BF16; through `bf16_matmul`.
 
 The sources are compiled on first use (or by `python -m msp_jax.kernels.library`, which `scripts/setup.sh`
 runs) with the system's C++ compiler and `-march=native`, into a cache folder (`$MSP_KERNEL_CACHE`, default
@@ -35,10 +37,12 @@ import jax
 from msp_jax import runtime
 
 FOLDER = pathlib.Path(__file__).resolve().parent
-SOURCES = (FOLDER / "small_m_matmul.cc", FOLDER / "segment_attention.cc")
+SOURCES = (FOLDER / "small_m_matmul.cc", FOLDER / "segment_attention.cc", FOLDER / "bf16_matmul.cc")
 HEADERS = (FOLDER / "parallel_for.h",)
 # XLA target name -> the handler symbol the library exports for it.
 TARGETS = {"msp_small_m_matmul": "MspSmallMMatmul", "msp_segment_attention": "MspSegmentAttention"}
+# Targets built only for some CPUs: target -> (handler symbol, the exported function that says whether it is).
+OPTIONAL_TARGETS = {"msp_bf16_matmul": ("MspBf16Matmul", "MspHasBf16Matmul")}
 FLAGS = ("-O3", "-march=native", "-std=gnu++17", "-shared", "-fPIC", "-w")
 
 _log = logging.getLogger(__name__)
@@ -115,12 +119,23 @@ def available() -> bool:
     library = ctypes.cdll.LoadLibrary(str(build()))
     for target, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    optional = set()
+    for target, (symbol, built) in OPTIONAL_TARGETS.items():
+      if getattr(library, built)():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        optional.add(target)
   except (RuntimeError, OSError, AttributeError) as e:
     _state["error"] = str(e)
     _log.warning("msp-jax's CPU kernels are unavailable, using XLA's own ops instead: %s", e)
     return False
-  _state.update(available=True, library=library)
+  _state.update(available=True, library=library, optional=optional)
   return True
+
+
+def has_target(target: str) -> bool:
+  """Whether `target` is registered: every one of TARGETS where `available()`, an OPTIONAL_TARGETS entry only
+  where this CPU could build it."""
+  return available() and (target in TARGETS or target in _state.get("optional", ()))
 
 
 def unavailable_reason() -> str | None:

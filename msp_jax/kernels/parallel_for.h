@@ -43,7 +43,9 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t items,
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   work->chunk = std::max<int64_t>(1, items / (4 * (threads + 1)));
   work->chunks = (items + work->chunk - 1) / work->chunk;
-  const int64_t helpers = std::min<int64_t>(threads, work->chunks - 1);
+  // The caller is one of the workers: with as many helpers as pool threads, a compute-bound call would run
+  // one thread more than the machine has cores (XLA's pool has one thread per core).
+  const int64_t helpers = std::min<int64_t>(threads - 1, work->chunks - 1);
   for (int64_t i = 0; i < helpers; ++i) {
     pool.Schedule([work] { work->Run(); });
   }
