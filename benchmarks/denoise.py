@@ -20,7 +20,8 @@ attributes of its seed) with the same formula (0.5 * mean seed frequency of the 
 
 One warm-up run each (compilation for msp-jax), then `--repeats` timed runs interleaved across all rows (a
 change in the machine's load hits all alike); medians. The run also measures the float32 and bfloat16
-`jnp.dot` peaks and prints each dtype's *compute ceiling*: the examples/s that peak would give if all of it went
+matmul peaks (`machine_peak.measure_peak`: XLA's dot, or msp-jax's bfloat16 CPU kernel where that is faster)
+and prints each dtype's *compute ceiling*: the examples/s that peak would give if all of it went
 into the encoder's matmul FLOPs for the real tokens (no attention, norms or padding) -- a bound no
 implementation with those matmuls on this machine passes -- and each row's share of it. Results go to
 benchmarks/results/denoise.json (written atomically).
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
           f"on {agreement[name]:.2%} of candidates")
   for dtype in MATMUL_DTYPES:
     print(f"{dtype} compute ceiling: {ceilings[dtype]:.1f} examples/s (the {peaks[dtype]:.0f} GFLOP/s {dtype} "
-          f"jnp.dot peak of this run over the matmul FLOPs each example needs) = "
+          f"matmul peak of this run over the matmul FLOPs each example needs) = "
           f"{ceilings[dtype] / rows['st_loop']:.2f}x st_loop, {ceilings[dtype] / rows['st_batched']:.2f}x st_batched")
   for name, (dtype, _) in zip(encoders, args.encoders):
     print(f"{name}: {rows[name] / ceilings[dtype]:.0%} of the {dtype} compute ceiling")
