@@ -12,7 +12,8 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 
 
 def _data_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MSP_DATA_DIR", SHARED_DIR / "data"))
+  # Absolute: tests link to it from temporary folders, where a relative path would dangle.
+  return pathlib.Path(os.environ.get("MSP_DATA_DIR", SHARED_DIR / "data")).resolve()
 
 
 @pytest.fixture(scope="session")
