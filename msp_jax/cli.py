@@ -26,12 +26,13 @@ COMMANDS = {
     "train": ("train", "tune attribute soft prompts and a mixer against a frozen backbone (gin)"),
     "generate": ("generate", "generate synthetic examples from trained prompts"),
     "denoise": ("denoise", "score and filter synthetic examples"),
-    "run": ("run", "train -> generate -> denoise -> export from one gin file"),
+    "downstream": ("downstream", "train the task model on seed / seed + EDA / seed + synthetic data, score it"),
+    "run": ("run", "train -> generate -> denoise -> export -> downstream from one gin file"),
 }
 
 
 # Commands that read or write through TensorFlow (SeqIO tasks, TFDS, TFRecord), imported up front quietly.
-USES_TENSORFLOW = {"data-stats", "download", "register", "train", "generate", "denoise", "run"}
+USES_TENSORFLOW = {"data-stats", "download", "register", "train", "generate", "denoise", "downstream", "run"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,6 +114,17 @@ def read_jsonl(path: str | os.PathLike) -> list[SyntheticRecord]:
   return [record_from_dict(row, where) for where, row in read_jsonl_rows(path)]
 
 
+def read_examples(path: str | os.PathLike) -> list[Example]:
+  """Examples written with `example_to_dict` (e.g. a run's seeds.jsonl); errors name the file and line."""
+  examples = []
+  for where, row in read_jsonl_rows(path):
+    try:
+      examples.append(example_from_dict(row))
+    except (KeyError, TypeError, ValueError) as e:
+      raise DataError(f"{where}: not an example ({type(e).__name__}: {e})") from e
+  return examples
+
+
 def _tf_example(record: SyntheticRecord):
   import tensorflow as tf
 

@@ -26,9 +26,9 @@ Parameter tree (2-D kernels stored [in, out]):
   layers_{i}/mlp/wo/{kernel [1536, 384], bias [384]}
   layers_{i}/mlp_norm/{scale, bias}           [384]
 
-`embed_fn(params, token_ids, mask)` is a pure function usable inside larger jitted code. `SentenceEncoder`
-wraps it for lists of strings: texts are sorted by token length and padded to a few bucket lengths, so a whole
-corpus costs a handful of compilations and little padding.
+`embed_fn(params, token_ids, mask)` (padded batches) and `embed_packed_fn` (texts end to end, CPU) are pure
+functions usable inside larger jitted code. `SentenceEncoder` wraps them for lists of strings, batching texts
+with `encoder_batching` so a whole corpus costs a handful of compilations and little or no padding.
 """
 
 from __future__ import annotations
@@ -442,9 +442,10 @@ class SentenceEncoder:
   kernel is built): texts end to end in batches of `batch_tokens` tokens, no padding, one compiled shape for
   all full batches. 'padded': at most `batch_size` rows padded to a few bucket lengths (any backend).
   matmul_dtype: 'bfloat16' runs the dense layers' matmuls on bfloat16 inputs with float32 accumulation
-  (`matmul_params`): 1.68x the float32 examples/s in `benchmarks/denoise.py` on this CPU, embeddings within
-  cosine 0.99995 of sentence-transformers' float32 ones (the same bar as float32's test), the same kept set on
-  99.9% of candidates. Default: `default_matmul_dtype()`, bfloat16 where the hardware has bfloat16 dots.
+  (`matmul_params`; on AVX512-BF16 CPUs through the `bf16_matmul` kernel): 1.8x-1.9x the float32 examples/s
+  in `benchmarks/denoise.py` on this CPU, embeddings within cosine 0.99995 of sentence-transformers' float32
+  ones (the same bar as float32's test), the same kept set on 100% of candidates. Default:
+  `default_matmul_dtype()`, bfloat16 where the hardware has bfloat16 dots.
   """
 
   def __init__(self, model_dir: str | pathlib.Path | None = None, *, batch_size: int = 64,

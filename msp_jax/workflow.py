@@ -1,4 +1,5 @@
-"""`msp run`: train -> generate -> denoise -> export in one workdir, each stage cached (`msp_jax.stages`).
+"""`msp run`: train -> generate -> denoise -> export -> downstream in one workdir, each stage cached
+(`msp_jax.stages`).
 
   <workdir>/checkpoints/, best/     prompt training (Orbax; best/ is the exported prompt checkpoint)
   <workdir>/tensorboard/            training scalars
@@ -6,6 +7,8 @@
   <workdir>/synthetic/synthetic.jsonl, .tfrecord      the kept, scored synthetic examples
   <workdir>/synthetic/seeds.jsonl                     the seed set they were generated from
   <workdir>/synthetic/metrics.json                    generated-data metrics (`msp_jax.synthetic_metrics`)
+  <workdir>/downstream/report.json                    task model trained on seed / seed + EDA / seed + MSP,
+                                                      scored on the test split (`msp_jax.downstream`)
   <workdir>/stages/<stage>.json                       finished-stage records (what makes re-runs skip)
 
 Everything here takes plain arguments; gin binds them in `msp_jax/commands`.
@@ -22,7 +25,7 @@ from typing import Any, Callable
 
 import jax
 
-from msp_jax import denoising, export, generation, pipeline, stages, synthetic_metrics
+from msp_jax import baselines, denoising, downstream, export, generation, pipeline, stages, synthetic_metrics
 from msp_jax.errors import ConfigError
 from msp_jax.model_inputs import InputShapes
 from msp_jax.msp_model import MixtureConfig
@@ -30,6 +33,7 @@ from msp_jax.training import TrainConfig
 
 SYNTHETIC_DIR = "synthetic"
 GENERATED_DIR = "generated"
+DOWNSTREAM_DIR = "downstream"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,8 @@ class RunConfig:
   denoise_weights: denoising.DenoiseWeights = denoising.DenoiseWeights()
   synthetic_task: str | None = None  # SeqIO name of the synthetic set; default '<task>_synthetic'
   fill_to_target: bool = True  # top up to target_count beyond per-seed quotas (denoising.denoise)
+  classifier: downstream.ClassifierConfig = downstream.ClassifierConfig()
+  downstream_repeats: int = 3  # classifier seeds per training set
 
   @property
   def workdir(self) -> pathlib.Path:
@@ -75,6 +81,10 @@ class RunConfig:
     return stages.fingerprint({"generate": self.generate_fingerprint(), "weights": self.denoise_weights,
                                "fill_to_target": self.fill_to_target,
                                "synthetic_task": self.synthetic_task_name})
+
+  def downstream_fingerprint(self) -> str:
+    return stages.fingerprint({"denoise": self.denoise_fingerprint(), "classifier": self.classifier,
+                               "repeats": self.downstream_repeats})
 
   @property
   def synthetic_task_name(self) -> str:
@@ -104,6 +114,14 @@ class Run:
       raise ConfigError(f"{checkpoint}: no trained prompts in this workdir; run `msp train` (or `msp run`) with "
                         "the same gin file first")
     return pipeline.load_prompts(self.setup, checkpoint)
+
+  def _finished(self, stage: str, fingerprint: str, missing: str) -> dict:
+    """The record of an earlier stage that this configuration finished; ConfigError naming what to run if not."""
+    record = stages.read_record(self.config.workdir, stage)
+    if record is None or record["fingerprint"] != fingerprint:
+      raise ConfigError(f"{self.config.workdir}: {missing} for this configuration yet; run `msp {stage}` (or "
+                        "`msp run`) with the same gin file first")
+    return record
 
   def check(self) -> None:
     """Fails fast (before hours of training) on settings only the domain can check: requested combinations."""
@@ -159,10 +177,7 @@ class Run:
     out = self.config.workdir / SYNTHETIC_DIR
 
     def compute():
-      generated = stages.read_record(self.config.workdir, "generate")
-      if generated is None or generated["fingerprint"] != self.config.generate_fingerprint():
-        raise ConfigError(f"{self.config.workdir}: no generation for this configuration yet; run `msp generate` "
-                          "(or `msp run`) with the same gin file first")
+      generated = self._finished("generate", self.config.generate_fingerprint(), "no generation")
       candidates = generation.read_candidates(self.config.workdir / GENERATED_DIR / "candidates.jsonl")
       plan = json.loads((self.config.workdir / GENERATED_DIR / "plan.json").read_text(encoding="utf-8"))
       run = self.setup
@@ -193,6 +208,33 @@ class Run:
                  "metrics_file": str(out / "metrics.json"), "seqio_tasks": task_names}
       return summary, [*paths.values(), out / "metrics.json"]
     return stages.run_stage(self.config.workdir, "denoise", self.config.denoise_fingerprint(), compute,
+                            force=force, report=self.report)
+
+
+  # ----------------------------------------------------------- downstream
+  def downstream_skip_reason(self) -> str | None:
+    """Why `msp run` leaves the downstream stage out for this domain (no task model for its kind), or None."""
+    e = self.config.experiment
+    return downstream.unsupported_reason(pipeline.load_domain(e.task, e.data_dir).ontology)
+
+  def downstream(self, force: bool = False) -> dict:
+    out = self.config.workdir / DOWNSTREAM_DIR
+
+    def compute():
+      denoised = self._finished("denoise", self.config.denoise_fingerprint(), "no denoised synthetic set")
+      from msp_jax import sentence_encoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
+
+      e = self.config.experiment
+      domain = pipeline.load_domain(e.task, e.data_dir)
+      seeds = export.read_examples(denoised["summary"]["files"]["seeds"])
+      synthetic = [r.example for r in export.read_jsonl(denoised["summary"]["files"]["jsonl"])]
+      test = list(domain.splits.get("test", ()))
+      report = downstream.compare_training_sets(
+          baselines.training_sets(seeds, synthetic, seed=self.config.classifier.seed), test, domain.ontology,
+          sentence_encoder.SentenceEncoder(), self.config.classifier, self.config.downstream_repeats)
+      export.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+      return {"report": report, "report_file": str(out / "report.json")}, [out / "report.json"]
+    return stages.run_stage(self.config.workdir, "downstream", self.config.downstream_fingerprint(), compute,
                             force=force, report=self.report)
 
 

@@ -34,7 +34,7 @@ def synthetic_dir(home: PathLike | None = None) -> pathlib.Path:
 
 def _read_examples(path: pathlib.Path) -> tuple:
   from msp_jax import export  # pylint: disable=g-import-not-at-top
-  return tuple(export.example_from_dict(row) for _, row in export.read_jsonl_rows(path))
+  return tuple(export.read_examples(path))
 
 
 def _loader(name: str, path: pathlib.Path, source_task: str, data_dir: str | None):

@@ -107,9 +107,12 @@ def test_msp_run_caches_every_stage(tmp_path, capsys):
   workdir = tmp_path / "run"
   assert run_tiny("run", workdir) == 0
   first = capsys.readouterr().out
-  for stage in ("train", "generate", "denoise"):
+  for stage in ("train", "generate", "denoise", "downstream"):
     assert f"[{stage}] running" in first
     assert stages.read_record(workdir, stage) is not None
+  report = json.loads((workdir / "downstream" / "report.json").read_text())
+  assert list(report["sets"]) == ["seed only", "seed + EDA", "seed + MSP"] and report["test_examples"] == 25
+  assert "seed + MSP" in first and "intent F1" in first
   assert (workdir / "synthetic" / "synthetic.jsonl").is_file()
   assert (workdir / "synthetic" / "synthetic.tfrecord").is_file()
   metrics = json.loads((workdir / "synthetic" / "metrics.json").read_text())
@@ -117,12 +120,24 @@ def test_msp_run_caches_every_stage(tmp_path, capsys):
       stages.read_record(workdir, "generate")["summary"]["outcomes"].values())
   assert run_tiny("run", workdir) == 0
   second = capsys.readouterr().out
-  for stage in ("train", "generate", "denoise"):
+  for stage in ("train", "generate", "denoise", "downstream"):
     assert f"[{stage}] already done" in second
   # More sampling settings change only generation and what follows.
   assert run_tiny("run", workdir, "--gin.msp.SamplingConfig.temperature=0.5") == 0
   third = capsys.readouterr().out
   assert "[train] already done" in third and "[generate] configuration" in third and "[denoise] configuration" in third
+  assert "[downstream] configuration" in third
+  # The downstream model's settings change only the downstream stage.
+  assert run_tiny("run", workdir, "--gin.msp.SamplingConfig.temperature=0.5",
+                  "--gin.msp.downstream_evaluation.repeats=1") == 0
+  fourth = capsys.readouterr().out
+  assert "[denoise] already done" in fourth and "[downstream] configuration" in fourth
+
+
+def test_downstream_before_denoise_is_a_clear_error(tmp_path, capsys):
+  assert run_tiny("downstream", tmp_path / "empty") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no denoised synthetic set" in err[0] and "msp denoise" in err[0]
 
 
 def test_generate_before_train_is_a_clear_error(tmp_path, capsys):
@@ -222,3 +237,13 @@ def test_denoise_stage_exports_scores_and_registers_a_seqio_mixture(tmp_path, ca
   assert set(mixed) & set(synthetic_texts) and set(mixed) & set(seed_texts)
   pointer = json.loads((msp_home / "synthetic" / f"{name}.json").read_text())
   assert pathlib.Path(pointer["records"]) == (workdir / "synthetic" / "synthetic.jsonl").resolve()
+
+
+def test_msp_run_skips_the_downstream_stage_for_a_task_it_has_no_model_for(tmp_path, capsys, data_dir):
+  workdir = tmp_path / "ner"
+  assert run_tiny("run", workdir, "--gin.msp.experiment.task='crossner_ai'",
+                  f"--gin.msp.experiment.data_dir='{data_dir}'", "--gin.msp.GenerationSettings.target_count=2") == 0
+  out = capsys.readouterr().out
+  assert "[denoise] done" in out
+  assert "[downstream] skipped: domain 'ai' is a 'ner' task" in out
+  assert stages.read_record(workdir, "downstream") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gin
 
 from msp_jax.denoising import DenoiseWeights
+from msp_jax.downstream import ClassifierConfig
 from msp_jax.generation import GenerationSettings, SamplingConfig
 from msp_jax.model_inputs import InputShapes
 from msp_jax.msp_model import MixtureConfig
@@ -18,6 +19,7 @@ gin.external_configurable(InputShapes, module="msp")
 gin.external_configurable(GenerationSettings, module="msp")
 gin.external_configurable(SamplingConfig, module="msp")
 gin.external_configurable(DenoiseWeights, module="msp")
+gin.external_configurable(ClassifierConfig, module="msp")
 
 
 @gin.configurable(module="msp")
@@ -44,8 +46,14 @@ def synthesis(settings: GenerationSettings = GenerationSettings(), weights: Deno
               fill_to_target=fill_to_target)
 
 
+@gin.configurable(module="msp")
+def downstream_evaluation(classifier: ClassifierConfig = ClassifierConfig(), repeats: int = 3) -> dict:
+  """The task model `msp downstream` trains on each training set, and how many seeds it averages over."""
+  return dict(classifier=classifier, downstream_repeats=repeats)
+
+
 def run_config() -> RunConfig:
   """The whole run as plain dataclasses, from the parsed gin configuration."""
   training = prompt_training()
   return RunConfig(experiment=Experiment(**experiment()), mixture=training["mixture"], shapes=training["shapes"],
-                   training=training["config"], **synthesis())
+                   training=training["config"], **synthesis(), **downstream_evaluation())

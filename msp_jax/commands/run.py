@@ -1,4 +1,5 @@
-"""`msp run --gin_file FILE`: train -> generate -> denoise -> export; finished stages are skipped."""
+"""`msp run --gin_file FILE`: train -> generate -> denoise -> export -> downstream; finished stages are
+skipped."""
 
 from __future__ import annotations
 
@@ -17,4 +18,9 @@ def run(args: argparse.Namespace) -> int:
   workflow_run.generate(force=args.force)
   record = workflow_run.denoise(force=args.force)
   stage_command.print_synthetic_summary(record)
+  skip = workflow_run.downstream_skip_reason()
+  if skip:
+    print(f"[downstream] skipped: {skip}")
+  else:
+    stage_command.print_downstream_summary(workflow_run.downstream(force=args.force))
   return 0

@@ -70,3 +70,10 @@ def print_synthetic_summary(record: dict, show_examples: int = 5) -> None:
 
 def print_json(record: dict) -> None:
   print(json.dumps({"stage": record["stage"], **{k: v for k, v in record["summary"].items() if k != "metrics"}}))
+
+
+def print_downstream_summary(record: dict) -> None:
+  """The downstream comparison table and where its report is."""
+  from msp_jax import downstream
+  print(downstream.format_report(record["summary"]["report"]))
+  print(f"report:          {record['summary']['report_file']}")
