@@ -51,6 +51,15 @@ inline void Store(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 inline Vec16 Splat(float x) { return Vec16{} + x; }
 
+// Keeps a vector in a register: the compiler would otherwise fold a reused load into each multiply-add as a
+// memory operand, and the loads, not the multiply-adds, would set the pace. Only where a 64-byte vector is one
+// register (AVX-512); elsewhere it is a no-op.
+#if defined(__AVX512F__)
+#define MSP_IN_REGISTER(v) asm("" : "+v"(v))
+#else
+#define MSP_IN_REGISTER(v) (void)0
+#endif
+
 // e^x per lane, Cephes' expf: x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2, e^r by a degree-6
 // polynomial, 2^n by building the float's exponent field. Within 2 ulp for x in [-87.3, 88] (clamped there;
 // softmax calls it with x <= 0).
@@ -151,9 +160,8 @@ void QueryBlock(const float* queries, const float* kt, const float* values, floa
     for (int64_t d = 0; d < kDim; ++d) {
       Vec16 k_lo = Load(kt + d * n_pad + c);
       Vec16 k_hi = Load(kt + d * n_pad + c + kLanes);
-      // Keep the keys in registers: folded into each multiply-add as a memory operand they are re-read R
-      // times, and the loads, not the multiply-adds, would set the pace.
-      asm("" : "+v"(k_lo), "+v"(k_hi));
+      MSP_IN_REGISTER(k_lo);
+      MSP_IN_REGISTER(k_hi);
       for (int r = 0; r < R; ++r) {
         const float qv = q[r][d];
         lo[r] += qv * k_lo;
@@ -170,7 +178,7 @@ void QueryBlock(const float* queries, const float* kt, const float* values, floa
     for (int r = 0; r < R; ++r) acc[r] = Vec16{};
     for (int64_t d = 0; d < kDim; ++d) {
       Vec16 k = Load(kt + d * n_pad + c);
-      asm("" : "+v"(k));
+      MSP_IN_REGISTER(k);
       for (int r = 0; r < R; ++r) acc[r] += q[r][d] * k;
     }
     for (int r = 0; r < R; ++r) Store(logits + r * n_pad + c, acc[r] * scale);
@@ -209,7 +217,7 @@ void QueryBlock(const float* queries, const float* kt, const float* values, floa
     Vec16 value[DV];
     for (int v = 0; v < DV; ++v) {
       value[v] = Load(values + j * kDim + v * kLanes);
-      asm("" : "+v"(value[v]));  // in a register, as the keys above
+      MSP_IN_REGISTER(value[v]);
     }
     for (int r = 0; r < R; ++r) {
       const float p = logits[r * n_pad + j];
