@@ -166,8 +166,9 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], test: Seq
   Returns {"test_examples", "repeats", "sets": {name: {"examples", "f1_mean", "f1_std", "precision_mean",
   "recall_mean", "f1_runs"}}}. Every distinct text is embedded once (the sets share the seeds).
   """
-  if unsupported_reason(ontology):
-    raise ConfigError(f"downstream: {unsupported_reason(ontology)}")
+  reason = unsupported_reason(ontology)
+  if reason:
+    raise ConfigError(f"downstream: {reason}")
   if not test:
     raise ConfigError(f"downstream: domain {ontology.domain!r} has no test examples to score on")
   if repeats < 1:

@@ -5,8 +5,8 @@
   text: `token_ids [rows, length]`, `mask [rows, length]`. Any backend.
 * **packed** (`packed_batches`): texts laid end to end in one token axis of `batch_tokens` tokens, with
   `starts [max_texts + 1]` marking where each begins: no padding between texts, and every batch but the last
-  has the same shapes, so one compilation serves a whole corpus (and the last batch takes one of 8 sizes). Needs an attention that reads `starts` (the
-  CPU kernel `kernels.segment_attention`).
+  has the same shapes, so one compilation serves a whole corpus (and the last batch takes one of 8 sizes).
+  Needs an attention that reads `starts` (the CPU kernel `kernels.segment_attention`).
 
 Both return batches whose `texts` field holds the indices (into the input list) of the texts they carry, in
 the order of their rows / segments; the rest of each batch is padding.
@@ -86,6 +86,30 @@ def padded_batches(ids: Sequence[Sequence[int]], *, batch_size: int, max_batch_t
   return batches
 
 
+def _first_fit_decreasing(lengths: Sequence[int], capacity: int, max_items: int) -> list[list[int]]:
+  """Indices of `lengths` in bins of total <= capacity and <= max_items each: every bin takes the longest
+  remaining item that still fits (of equal lengths, the earliest index) until none does."""
+  by_length: dict[int, list[int]] = {}
+  for i, length in enumerate(lengths):
+    by_length.setdefault(length, []).append(i)
+  for stack in by_length.values():
+    stack.reverse()  # pop() then takes the earliest index of each length first
+  sizes = sorted(by_length, reverse=True)
+  remaining = len(lengths)
+  bins = []
+  while remaining:
+    chosen, room = [], capacity
+    while len(chosen) < max_items and remaining:
+      length = next((n for n in sizes if n <= room and by_length[n]), None)
+      if length is None:
+        break
+      chosen.append(by_length[length].pop())
+      room -= length
+      remaining -= 1
+    bins.append(chosen)
+  return bins
+
+
 def packed_batches(ids: Sequence[Sequence[int]], *, batch_tokens: int, max_texts: int, pad_id: int
                    ) -> list[PackedBatch]:
   """Packed batches of `batch_tokens` tokens and at most `max_texts` texts (see the module docstring).
@@ -101,29 +125,12 @@ def packed_batches(ids: Sequence[Sequence[int]], *, batch_tokens: int, max_texts
   if too_long:
     raise ConfigError(f"text {too_long[0]} has {len(ids[too_long[0]])} tokens, more than batch_tokens="
                       f"{batch_tokens}; raise batch_tokens to at least the longest text")
-  by_length: dict[int, list[int]] = {}
-  for i in sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True):
-    by_length.setdefault(len(ids[i]), []).append(i)
-  for stack in by_length.values():
-    stack.reverse()  # pop() then takes the earliest input index of each length first
-  lengths = sorted(by_length, reverse=True)
-  remaining = len(ids)
-  chosen_batches = []
-  while remaining:
-    chosen, room = [], batch_tokens
-    while len(chosen) < max_texts and remaining:
-      length = next((n for n in lengths if n <= room and by_length[n]), None)
-      if length is None:
-        break
-      chosen.append(by_length[length].pop())
-      room -= length
-      remaining -= 1
-    chosen_batches.append(chosen)
+  chosen_batches = _first_fit_decreasing([len(x) for x in ids], batch_tokens, max_texts)
+  granule = max(64, batch_tokens // 8)
   batches = []
   for number, chosen in enumerate(chosen_batches):
     used = sum(len(ids[i]) for i in chosen)
     last = number == len(chosen_batches) - 1
-    granule = max(64, batch_tokens // 8)
     tokens = min(batch_tokens, -(-used // granule) * granule) if last else batch_tokens
     token_ids = np.full(tokens, pad_id, np.int32)
     positions = np.zeros(tokens, np.int32)

@@ -383,9 +383,10 @@ def matmul_params(params: Params, dtype: str, pack: bool | None = None) -> Param
   is_kernel = lambda path, x: x.ndim == 2 and path[0].key.startswith("layers_")
   kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(params) if is_kernel(path, x)]
   packable = all(k.shape[0] % 2 == 0 and k.shape[1] % bf16_matmul.PANEL == 0 for k in kernels)
+  can_pack = dtype == "bfloat16" and packable and bf16_matmul.available()
   if pack is None:
-    pack = dtype == "bfloat16" and packable and jax.default_backend() == "cpu" and bf16_matmul.available()
-  if pack and (dtype != "bfloat16" or not packable or not bf16_matmul.available()):
+    pack = can_pack and jax.default_backend() == "cpu"
+  elif pack and not can_pack:
     raise ConfigError(f"matmul_params: pack=True needs dtype 'bfloat16' (got {dtype!r}), kernels of whole "
                       f"32-column panels and the CPU bfloat16 matmul ({bf16_matmul.unavailable_reason()})")
   convert = bf16_matmul.pack if pack else (lambda x: x.astype(dtype))

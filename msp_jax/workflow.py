@@ -107,6 +107,12 @@ class Run:
                           seed=self.config.training.seed)
 
   @functools.cached_property
+  def domain(self):
+    """The run's domain (ontology and splits), read once for the checks and the downstream stage."""
+    e = self.config.experiment
+    return pipeline.load_domain(e.task, e.data_dir)
+
+  @functools.cached_property
   def prompts(self) -> tuple[Any, dict, pathlib.Path]:
     """(soft params, manifest, checkpoint step folder) of the trained prompts."""
     checkpoint = pipeline.prompt_checkpoint_dir(self.config.workdir)
@@ -125,8 +131,7 @@ class Run:
 
   def check(self) -> None:
     """Fails fast (before hours of training) on settings only the domain can check: requested combinations."""
-    domain = pipeline.load_domain(self.config.experiment.task, self.config.experiment.data_dir)
-    generation.check_combinations(self.config.generation.combinations, domain.ontology)
+    generation.check_combinations(self.config.generation.combinations, self.domain.ontology)
 
   # ---------------------------------------------------------------- train
   def train(self, force: bool = False) -> dict:
@@ -214,8 +219,7 @@ class Run:
   # ----------------------------------------------------------- downstream
   def downstream_skip_reason(self) -> str | None:
     """Why `msp run` leaves the downstream stage out for this domain (no task model for its kind), or None."""
-    e = self.config.experiment
-    return downstream.unsupported_reason(pipeline.load_domain(e.task, e.data_dir).ontology)
+    return downstream.unsupported_reason(self.domain.ontology)
 
   def downstream(self, force: bool = False) -> dict:
     out = self.config.workdir / DOWNSTREAM_DIR
@@ -224,13 +228,11 @@ class Run:
       denoised = self._finished("denoise", self.config.denoise_fingerprint(), "no denoised synthetic set")
       from msp_jax import sentence_encoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
 
-      e = self.config.experiment
-      domain = pipeline.load_domain(e.task, e.data_dir)
       seeds = export.read_examples(denoised["summary"]["files"]["seeds"])
       synthetic = [r.example for r in export.read_jsonl(denoised["summary"]["files"]["jsonl"])]
-      test = list(domain.splits.get("test", ()))
+      test = list(self.domain.splits.get("test", ()))
       report = downstream.compare_training_sets(
-          baselines.training_sets(seeds, synthetic, seed=self.config.classifier.seed), test, domain.ontology,
+          baselines.training_sets(seeds, synthetic, seed=self.config.classifier.seed), test, self.domain.ontology,
           sentence_encoder.SentenceEncoder(), self.config.classifier, self.config.downstream_repeats)
       export.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
       return {"report": report, "report_file": str(out / "report.json")}, [out / "report.json"]

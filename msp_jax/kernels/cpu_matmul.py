@@ -28,8 +28,8 @@ TARGET = "msp_small_m_matmul"
 
 
 def available() -> bool:
-  """Whether the kernel is built and registered (`library.available`)."""
-  return library.available()
+  """Whether the kernel is built and registered."""
+  return library.has_target(TARGET)
 
 
 def unavailable_reason() -> str | None:
@@ -62,7 +62,7 @@ def matmul(x: jax.Array, packed: jax.Array, out_features: int) -> jax.Array:
   Callers check `available()` first (this raises if the kernel is not registered).
   """
   if not available():
-    raise RuntimeError(f"the CPU matmul kernel is unavailable: {library.unavailable_reason()}")
+    raise RuntimeError(f"the CPU matmul kernel is unavailable: {unavailable_reason()}")
   panels, k_dim, width = packed.shape
   if width != PANEL or x.shape[-1] != k_dim or packed.dtype != jnp.float32:
     raise ValueError(f"cpu_matmul.matmul: x {x.shape} and packed {packed.shape} {packed.dtype} do not fit "

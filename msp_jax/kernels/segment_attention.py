@@ -27,8 +27,8 @@ HEAD_DIMS = (16, 32, 64)
 
 
 def available() -> bool:
-  """Whether the kernel is built and registered (`library.available`)."""
-  return library.available()
+  """Whether the kernel is built and registered."""
+  return library.has_target(TARGET)
 
 
 def unavailable_reason() -> str | None:
@@ -41,7 +41,7 @@ def attention(qkv: jax.Array, starts: jax.Array, num_heads: int) -> jax.Array:
   Callers check `available()` first (this raises if the kernel is not registered).
   """
   if not available():
-    raise RuntimeError(f"the CPU attention kernel is unavailable: {library.unavailable_reason()}")
+    raise RuntimeError(f"the CPU attention kernel is unavailable: {unavailable_reason()}")
   tokens, width = qkv.shape
   if width % (3 * num_heads) or width // (3 * num_heads) not in HEAD_DIMS or starts.ndim != 1:
     raise ValueError(f"segment_attention.attention: qkv {qkv.shape} with {num_heads} heads and starts "
