@@ -13,6 +13,11 @@ msp-jax samples with weights in a layout built once before timing (build time re
   bfloat16  fused matmul weights stored in bfloat16, so every matmul rounds its inputs to bfloat16 (float32
             accumulation, everything else float32), through XLA's dot. NOT exact: reported separately, with
             how far it moves the prompt's next-token logits from the float32 ones.
+Constrained sampling (`--constrained-batch 32`, issue 13): the packed layout at that batch, free and under the
+grammars of the first front_desk seeds (one request per row, `msp_jax.synthesis.constraints`: one host call per
+step for the batch), interleaved in the same run; `constrained_share` is constrained / free tokens/s (target
+>= 0.75). EOS does not stop a row here either, and the grammars' token budget ends each row on the last step, so
+both sides produce the same number of tokens.
 transformers runs float32 with its default threads. Both run in one process with glibc malloc set to reuse freed
 memory (`msp_jax.runtime.reuse_freed_memory`; `--default-malloc` to measure without). One warm-up run each
 (compilation for msp-jax), then `--repeats` timed runs, interleaved across systems so a change in the machine's
@@ -21,7 +26,7 @@ atomically) with the load average before and after: other processes on this 2-co
 PyTorch's OpenMP threads more.
 
   python benchmarks/decode.py [--repeats 3] [--batches 1 8] [--new-tokens 64] [--layouts packed fused bfloat16]
-                              [--skip-transformers] [--default-malloc]
+                              [--constrained-batch 32] [--skip-transformers] [--default-malloc]
 
 The last line printed is `speedup_vs_transformers: <msp-jax packed / transformers tokens/s at the largest
 batch>`; the lines before it give the same ratio for the other layouts.
@@ -46,8 +51,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msp_jax import decoding, runtime  # noqa: E402
-from msp_jax.export import atomic_write_text  # noqa: E402
+from msp_jax.data import catalog  # noqa: E402
+from msp_jax.synthesis import constraints, decoding  # noqa: E402
+from msp_jax import runtime
+from msp_jax.files import atomic_write_text  # noqa: E402
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.backbones.bpe_tokenizer import chat_prompt  # noqa: E402
 from msp_jax.kernels import cpu_matmul  # noqa: E402
@@ -67,17 +74,23 @@ LAYOUT_NOTES = {
 PAUSE_SECONDS = 1.0  # Between timed runs.
 
 
-def msp_runner(backbone, params, prompt_ids: list[int], batch: int, new_tokens: int) -> Callable[[int], float]:
-  """A compiled msp-jax sampling run: `run(seed)` -> seconds."""
+def msp_runner(backbone, params, prompt_ids: list[int], batch: int, new_tokens: int,
+               grammars: list | None = None) -> Callable[[int], float]:
+  """A compiled msp-jax sampling run: `run(seed)` -> seconds. With `grammars` (one per row), constrained; the
+  timed call includes building the rows' grammar matchers, as generation does per batch."""
   tokens = jnp.asarray([prompt_ids] * batch, jnp.int32)
   embeds = backbone.embed(params, tokens)
   mask = jnp.ones(tokens.shape, jnp.int32)
+  vocabulary = None if grammars is None else constraints.token_vocabulary(backbone.tokenizer, backbone.vocab_size)
 
   def run(seed: int) -> float:
     start = time.perf_counter()
+    constraint = None if grammars is None else constraints.GrammarConstraint(vocabulary, grammars, new_tokens)
     out, _ = decoding.sample(backbone, params, embeds, mask, jax.random.key(seed), max_new_tokens=new_tokens,
-                             temperature=1.0, top_k=50, eos_id=None)
+                             temperature=1.0, top_k=50, eos_id=None, constraint=constraint)
     out.block_until_ready()
+    if constraint is not None and constraint.problems:
+      raise RuntimeError(f"constrained sampling went wrong: {constraint.problems[:2]}")
     return time.perf_counter() - start
 
   run(0)  # Compiles.
@@ -105,6 +118,26 @@ def transformers_runner(model, prompt_ids: list[int], batch: int, new_tokens: in
   return run
 
 
+def constrained_rows(backbone, params, layout: str, prompt_ids: list[int], batch: int, new_tokens: int,
+                     repeats: int) -> list[dict]:
+  """Free and constrained sampling at `batch`, interleaved; rows for both and the constrained share."""
+  domain = catalog.load_example_domain("front_desk")
+  seeds = [e for e in domain.splits["train"] if e.attributes]
+  grammars = [constraints.request_grammar(seeds[i % len(seeds)].attributes, domain.ontology) for i in range(batch)]
+  runners = {False: msp_runner(backbone, params, prompt_ids, batch, new_tokens),
+             True: msp_runner(backbone, params, prompt_ids, batch, new_tokens, grammars)}
+  seconds = {False: [], True: []}
+  for seed in range(1, repeats + 1):
+    for constrained, run in runners.items():
+      time.sleep(PAUSE_SECONDS)
+      seconds[constrained].append(run(seed))
+  rates = {c: batch * new_tokens / statistics.median(t) for c, t in seconds.items()}
+  return [{"batch": batch, "system": "msp-jax", "layout": layout, "constrained": c, "new_tokens": new_tokens,
+           "prompt_tokens": len(prompt_ids), "seconds": seconds[c], "tokens_per_s": rates[c],
+           "speedup_vs_transformers": None, **({"constrained_share": rates[True] / rates[False]} if c else {})}
+          for c in (False, True)]
+
+
 def logit_drift(backbone, params, reference, prompt_ids: list[int]) -> dict:
   """How far `params` (e.g. bfloat16 weights) move the prompt's next-token logits from `reference`'s."""
   embeds = backbone.embed(reference, jnp.asarray([prompt_ids], jnp.int32))
@@ -130,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--new-tokens", type=int, default=64)
   parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
                       help="msp-jax rows; the first (exact: packed or fused) is the one the last line reports")
+  parser.add_argument("--constrained-batch", type=int, default=32,
+                      help="batch of the constrained-vs-free rows (first layout; 0: skip them)")
   parser.add_argument("--skip-transformers", action="store_true")
   parser.add_argument("--default-malloc", action="store_true",
                       help="leave glibc malloc as it is (default: `runtime.reuse_freed_memory`, both systems)")
@@ -184,11 +219,20 @@ def main(argv: list[str] | None = None) -> int:
                    "prompt_tokens": len(prompt_ids), "seconds": times, "tokens_per_s": rate,
                    "speedup_vs_transformers": None if hf_rate is None else rate / hf_rate})
 
+  constrained_share = None
+  if args.constrained_batch:
+    rows += constrained_rows(backbone, layouts[args.layouts[0]], args.layouts[0], prompt_ids,
+                             args.constrained_batch, args.new_tokens, args.repeats)
+    constrained_share = rows[-1]["constrained_share"]
+
   print(f"{'batch':>5} {'system':>13} {'layout':>9} {'tok/s':>7} {'vs transformers':>16}")
   for row in rows:
     ratio = row["speedup_vs_transformers"]
-    print(f"{row['batch']:>5} {row['system']:>13} {row['layout']:>9} {row['tokens_per_s']:>7.1f} "
+    layout = row["layout"] + ("+grammar" if row.get("constrained") else "")
+    print(f"{row['batch']:>5} {row['system']:>13} {layout:>9} {row['tokens_per_s']:>7.1f} "
           f"{'' if ratio is None else f'{ratio:.2f}x':>16}")
+  if constrained_share is not None:
+    print(f"constrained / free tokens/s at batch {args.constrained_batch}: {constrained_share:.3f} (target >= 0.75)")
   for layout, d in drift.items():
     exact = "exact up to summation order" if layout == "packed" else "inexact"
     print(f"{layout} ({exact}): max |logit diff| vs fused {d['max_abs_logit_diff']:.2g} of "
@@ -201,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
       "jax_version": jax.__version__, "backend": jax.default_backend(), "machine": platform.machine(),
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), **torch_info(),
       "malloc_reuses_freed_memory": reuses_freed_memory,
-      "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows}, indent=2))
-  last_batch = [r for r in rows if r["system"] == "msp-jax" and r["batch"] == args.batches[-1]]
+      "load_average_before": load_before, "load_average_after": os.getloadavg(),
+      "constrained_share": constrained_share, "rows": rows}, indent=2))
+  last_batch = [r for r in rows if r["system"] == "msp-jax" and r["batch"] == args.batches[-1]
+                and "constrained" not in r]
   for row in last_batch[1:]:
     if row["speedup_vs_transformers"] is not None:
       print(f"speedup_vs_transformers_{row['layout']}: {row['speedup_vs_transformers']:.2f}")

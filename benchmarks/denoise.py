@@ -53,11 +53,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msp_jax import denoising  # noqa: E402
+from msp_jax.synthesis import denoising  # noqa: E402
 from msp_jax.data.schema import Attribute, Example, Ontology  # noqa: E402
-from msp_jax.export import atomic_write_text  # noqa: E402
-from msp_jax.sentence_encoder import (LAYOUTS, MATMUL_DTYPES, SentenceEncoder, default_layout,  # noqa: E402
-                                     default_matmul_dtype)
+from msp_jax.files import atomic_write_text  # noqa: E402
+from msp_jax.encoders.precision import MATMUL_DTYPES, default_matmul_dtype  # noqa: E402
+from msp_jax.encoders.sentence_encoder import LAYOUTS, SentenceEncoder, default_layout  # noqa: E402
 from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "denoise.json"

@@ -52,11 +52,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msp_jax import runtime, training  # noqa: E402
+from msp_jax import runtime  # noqa: E402
+from msp_jax.tuning import training
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.data.schema import Attribute, Ontology  # noqa: E402
-from msp_jax.export import atomic_write_text  # noqa: E402
-from msp_jax.msp_model import MixtureConfig, MspModel  # noqa: E402
+from msp_jax.files import atomic_write_text  # noqa: E402
+from msp_jax.tuning.msp_model import MixtureConfig, MspModel  # noqa: E402
 from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "train_step.json"

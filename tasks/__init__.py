@@ -3,6 +3,7 @@
   nlupp_{banking,hotels}                     (msp_jax.data.nlupp)
   crossner_{politics,science,music,literature,ai,conll2003}
   topv2_{alarm,event,messaging,music,navigation,reminder,timer,weather}
+  front_desk                                 the example domain shipped in msp_jax/examples/front_desk
   <name> for each domain registered with `msp register` / `tasks.persist_domain` ($MSP_HOME/domains)
 
 Each comes as '<task>' (T5 SentencePiece vocabulary: `$MSP_T5_VOCAB`, read when `tasks` is imported),
@@ -15,33 +16,28 @@ builders in `tasks.tfds_builders` are the download path for users without the fi
 Synthetic sets written by `msp run` (`tasks/synthetic.py`): '<name>', '<name>_seeds' and the seqio mixture
 '<name>_mixture' (seed + synthetic), persisted under $MSP_HOME/synthetic and registered here too.
 
-Other domains, for this process only: `tasks.register_domain(name, train=..., validation=..., test=...,
-ontology=...)`.
+Which domains exist is the catalog's business (`msp_jax.data.catalog`); this package turns them into SeqIO
+tasks. Other domains, for this process only: `tasks.register_domain(name, train=..., validation=...,
+test=..., ontology=...)`.
 """
 
 from __future__ import annotations
 
-import pathlib
-
 from tasks import crossner, nlupp, topv2
-from tasks.custom import persist_domain, register_domain, register_persisted_domains
+from tasks.custom import persist_domain, register_domain, register_example_domains, register_persisted_domains
 from tasks.registration import add_vocabulary, task_name
 from tasks.synthetic import persist_synthetic, register_persisted_synthetic, register_synthetic
 from tasks.vocabularies import TokenizerVocabulary, smollm2_vocabulary, t5_vocabulary
 
 __all__ = [
     "TokenizerVocabulary", "add_vocabulary", "persist_domain", "persist_synthetic", "register_domain",
-    "register_persisted_domains", "register_persisted_synthetic", "register_synthetic", "smollm2_vocabulary", "t5_vocabulary", "task_name",
+    "register_example_domains", "register_persisted_domains", "register_persisted_synthetic",
+    "register_synthetic", "smollm2_vocabulary", "t5_vocabulary", "task_name",
 ]
 
 nlupp.register(overwrite=True)
 crossner.register(overwrite=True)
 topv2.register(overwrite=True)
-
-# The example domain msp-jax ships for its offline quickstart (msp_jax/examples/front_desk, ~150 requests).
-EXAMPLE_DOMAIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "msp_jax" / "examples" / "front_desk"
-register_domain("front_desk", train=EXAMPLE_DOMAIN_DIR / "train.jsonl",
-                validation=EXAMPLE_DOMAIN_DIR / "validation.jsonl", test=EXAMPLE_DOMAIN_DIR / "test.jsonl",
-                ontology=EXAMPLE_DOMAIN_DIR / "ontology.json", overwrite=True)
+register_example_domains()
 register_persisted_domains()
 register_persisted_synthetic()

@@ -104,9 +104,9 @@ def _data_source(load: Callable[[], DomainData], splits: Sequence[str]) -> seqio
 
 
 def _metric_fn(load: Callable[[], DomainData], task: TaskKind) -> Callable:
-  """`msp_jax.metrics.text_metrics` for the domain; its ontology is read at the first evaluation."""
+  """`msp_jax.evaluation.metrics.text_metrics` for the domain; its ontology is read at the first evaluation."""
   def metric_fn(targets: list[str], predictions: list[str]) -> dict[str, float]:
-    from msp_jax import metrics  # pylint: disable=g-import-not-at-top
+    from msp_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
     return metrics.text_metrics(task, load().ontology)(targets, predictions)
   metric_fn.__name__ = f"{task}_text_metrics"
   return metric_fn

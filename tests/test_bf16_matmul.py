@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msp_jax import runtime, sentence_encoder
+from msp_jax import runtime
+from msp_jax.encoders import SentenceEncoder, bert, precision
 from msp_jax.errors import ConfigError
 from msp_jax.kernels import bf16_matmul
 
@@ -70,12 +71,12 @@ def test_matmul_rejects_mismatched_shapes():
 @pytest.mark.slow
 @needs_kernel
 def test_packed_bf16_encoder_embeds_like_xla_bf16_dots():
-  encoder = sentence_encoder.SentenceEncoder(matmul_dtype="bfloat16")
+  encoder = SentenceEncoder(matmul_dtype="bfloat16")
   assert encoder.compute_params["layers_0"]["mlp"]["wi"]["kernel"].ndim == 4  # packed by default here
   texts = ["Can I check out late, around 1pm?", "Is parking included for two cars and a van?", "wifi"]
-  unpacked = sentence_encoder.matmul_params(encoder.params, "bfloat16", pack=False)
+  unpacked = precision.matmul_params(encoder.params, "bfloat16", pack=False)
   ids, mask = encoder.tokenize(texts)
-  embed = jax.jit(sentence_encoder.embed_fn, static_argnames="config")
+  embed = jax.jit(bert.embed_fn, static_argnames="config")
   ours = np.asarray(embed(encoder.compute_params, ids, mask, config=encoder.config))
   xla = np.asarray(embed(unpacked, ids, mask, config=encoder.config))
   assert (ours * xla).sum(1).min() >= 0.99999
@@ -84,6 +85,6 @@ def test_packed_bf16_encoder_embeds_like_xla_bf16_dots():
 def test_packing_is_refused_where_it_cannot_run(monkeypatch):
   params = {"layers_0": {"mlp": {"wi": {"kernel": jnp.ones((4, 32)), "bias": jnp.zeros(32)}}}}
   with pytest.raises(ConfigError, match=r"pack=True needs dtype 'bfloat16' \(got 'float32'\)"):
-    sentence_encoder.matmul_params(params, "float32", pack=True)
+    precision.matmul_params(params, "float32", pack=True)
   monkeypatch.setattr(bf16_matmul, "available", lambda: False)
-  assert sentence_encoder.matmul_params(params, "bfloat16")["layers_0"]["mlp"]["wi"]["kernel"].ndim == 2
+  assert precision.matmul_params(params, "bfloat16")["layers_0"]["mlp"]["wi"]["kernel"].ndim == 2

@@ -56,3 +56,10 @@ def test_table_output_lists_splits_and_few_shot(capsys, data_dir):
 def test_unknown_task_exits_2_with_known_names(capsys):
   assert cli.main(["data-stats", "nlupp_pizza", "--data-dir", "."]) == 2
   assert "nlupp_hotels" in capsys.readouterr().err
+
+
+def test_shipped_example_domain_by_name(capsys, monkeypatch):
+  monkeypatch.delenv("MSP_DATA_DIR", raising=False)  # not a benchmark: needs no data folder
+  s = _stats(capsys, "front_desk")
+  assert s["task_kind"] == "multi_intent" and s["splits"] == {"train": 102, "validation": 25, "test": 25}
+  assert s["attribute_kinds"] == {"intent": 12, "slot": 6}

@@ -1,4 +1,4 @@
-"""`msp_jax.decoding`: the jitted KV-cache sampler against full re-computation, and the sampling filters."""
+"""`msp_jax.synthesis.decoding`: the jitted KV-cache sampler against full re-computation, and the sampling filters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msp_jax import decoding
+from msp_jax.synthesis import decoding
 from msp_jax.backbones import llama
 from msp_jax.backbones.bpe_tokenizer import BpeTokenizer, byte_level_alphabet
 

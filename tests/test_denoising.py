@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from msp_jax import denoising  # noqa: E402
+from msp_jax.synthesis import denoising  # noqa: E402
 from msp_jax.data.schema import Attribute, Example, Ontology  # noqa: E402
 from msp_jax.errors import ConfigError, DataError, MspError  # noqa: E402
 
@@ -211,7 +211,7 @@ def test_denoise_lowers_the_share_of_an_over_represented_attribute(rng):
 
 
 def test_real_encoder_prefers_a_rewording_over_an_output_that_drifted_off_topic():
-  from msp_jax.sentence_encoder import SentenceEncoder
+  from msp_jax.encoders import SentenceEncoder
 
   seed = Example("s", "hotels", "I want to book a room for tonight", intents=("book",))
   drifted = Candidate(Example("drifted", "hotels", "The quarterly earnings beat analyst expectations.",
@@ -241,8 +241,15 @@ def test_keep_per_seed_zero_is_rejected(rng):
 def test_unknown_attribute_is_named(rng):
   seeds, candidates = build_set(rng, n_seeds=2)
   odd = Candidate(Example("odd", "hotels", "x", intents=("teleport",)), seeds[0].uid)
-  with pytest.raises(MspError, match="'teleport'.*not in the ontology of domain 'hotels'"):
+  with pytest.raises(MspError, match=r"candidate \d+ \(uid 'odd'.*'teleport'.*not in the ontology of domain 'hotels'"):
     denoising.denoise(candidates + [odd], seeds, encoder=FakeEncoder(rng), ontology=ONTOLOGY, keep_per_seed=4)
+
+
+def test_unknown_attribute_of_a_seed_names_the_seed(rng):
+  seeds, candidates = build_set(rng, n_seeds=2)
+  odd = Example("seed/odd", "hotels", "x", intents=("teleport",))
+  with pytest.raises(ConfigError, match="seed example 'seed/odd': attribute 'teleport' is not in the ontology"):
+    denoising.denoise(candidates, seeds + [odd], encoder=FakeEncoder(rng), ontology=ONTOLOGY, keep_per_seed=4)
 
 
 def test_unknown_seed_uid_is_named(rng):

@@ -87,7 +87,7 @@ from msp_jax import distributed
 assert distributed.initialize() and distributed.initialize()  # from MSP_*; the second call is a no-op
 """ + toy_domain.IMPORT_TOY_DOMAIN + r"""
 import jax, numpy as np
-from msp_jax import training
+from msp_jax.tuning import training
 from msp_jax.partitioning import make_mesh, put_global, replicated, shard_batch, shard_params
 
 seed = int(sys.argv[1])

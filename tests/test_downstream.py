@@ -1,4 +1,5 @@
-"""`msp_jax.downstream` and `msp_jax.baselines`: the intent classifier, the EDA baseline and the comparison."""
+"""`msp_jax.evaluation.downstream` and `msp_jax.evaluation.baselines`: the frozen-embedding intent classifier,
+the training sets and the comparison (span-preserving EDA itself: `test_eda.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from msp_jax import baselines, downstream
+from msp_jax.evaluation import baselines, downstream
 from msp_jax.data.schema import Attribute, Example, Ontology, Span
 from msp_jax.errors import ConfigError
 
@@ -55,8 +56,13 @@ def example(uid: str, text: str, *intents: str) -> Example:
 def test_intent_targets_are_multi_hot_in_ontology_order_and_name_unknown_intents():
   labels, names = downstream.intent_targets([example("a", "x y", "wifi", "book")], ONTOLOGY)
   assert names == INTENTS and labels.tolist() == [[1.0, 0.0, 1.0]]
-  with pytest.raises(ConfigError, match=r"example 'b' has intent 'sauna'.*domain 'toy'"):
+  with pytest.raises(ConfigError, match=r"example 'b': attribute 'sauna' is not in the ontology of domain 'toy'"):
     downstream.intent_targets([example("b", "x", "sauna")], ONTOLOGY)
+
+
+def test_intent_targets_name_a_slot_given_as_an_intent():
+  with pytest.raises(ConfigError, match=r"example 'c' has intent 'date'.*lists as a slot, not an intent"):
+    downstream.intent_targets([example("c", "x", "date")], ONTOLOGY)
 
 
 class HashEncoder:
@@ -107,18 +113,14 @@ def test_downstream_refuses_tasks_it_has_no_model_for_and_empty_test_sets():
     downstream.compare_training_sets({"seed only": seeds}, [], ONTOLOGY, HashEncoder())
 
 
-def test_eda_copies_keep_intents_drop_spans_and_are_deterministic():
+def test_eda_copies_keep_intents_and_span_labels_and_are_deterministic():
   seeds = [example("s0", "book a double room for Friday please", "book"),
            example("s1", "wifi", "wifi"), example("s2", "cancel my booking and the parking", "cancel", "book")]
-  copies = baselines.eda_examples(seeds, 7, seed=3)
-  assert copies == baselines.eda_examples(seeds, 7, seed=3)
-  assert copies != baselines.eda_examples(seeds, 7, seed=4)
+  copies = baselines.training_sets(seeds, [seeds[0]] * 7, seed=3)[baselines.SEED_EDA][3:]
+  assert copies == baselines.training_sets(seeds, [seeds[0]] * 7, seed=3)[baselines.SEED_EDA][3:]
+  assert copies != baselines.training_sets(seeds, [seeds[0]] * 7, seed=4)[baselines.SEED_EDA][3:]
   assert [c.intents for c in copies] == [seeds[i % 3].intents for i in range(7)]
-  assert all(not c.spans for c in copies) and len({c.uid for c in copies}) == 7
-  for copy, seed in zip(copies, [seeds[i % 3] for i in range(7)]):
-    assert set(copy.text.split()) <= set(seed.text.split())  # words of the seed only
-    assert copy.text != seed.text or len(seed.text.split()) == 1
-  assert baselines.eda_examples(seeds, 0) == []
+  assert all([s.label for s in c.spans] == ["date"] for c in copies) and len({c.uid for c in copies}) == 7
 
 
 def test_training_sets_add_equally_many_eda_copies_as_synthetic_examples():

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from msp_jax import export
+from msp_jax.synthesis import export
 from msp_jax.data.schema import Example, Span
 from msp_jax.errors import DataError
 
@@ -72,7 +72,7 @@ SLOW_WRITER = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
 from test_export import random_records
-from msp_jax import export
+from msp_jax.synthesis import export
 
 def slow():
   for i, r in enumerate(random_records(200, seed=5)):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-from msp_jax import generation
+from msp_jax.synthesis import generation
 from msp_jax.data.schema import Attribute, Example, Ontology
 from msp_jax.errors import ConfigError
 
@@ -45,10 +44,11 @@ def test_rebalancing_raises_the_share_of_rare_attributes():
   assert kept_share(None, keep, seeds, "rare") == pytest.approx(0.5)  # inverse frequency equalises
 
 
-def test_attribute_frequency_matches_counts():
-  seeds = seeds_with({("common", "mid"): 3, ("common",): 1})
-  freq = generation.attribute_frequency(seeds, ONTOLOGY)
-  np.testing.assert_allclose(freq, [1.0, 0.0, 0.75, 0.0])
+def test_unknown_attribute_in_a_requested_combination_names_the_combination():
+  seeds = seeds_with({("common",): 2})
+  with pytest.raises(ConfigError, match=r"combinations\[1\]: attribute 'teleport' is not in the ontology of "
+                                        r"domain 'toy'"):
+    generation.plan_generation(seeds, ONTOLOGY, target_count=4, combinations=(("common",), ("rare", "teleport")))
 
 
 def test_novel_combinations_are_absent_from_the_seed_set():
@@ -80,3 +80,8 @@ def test_bad_plans_are_clear_errors(kwargs, message):
 def test_cut_output_keeps_the_first_line():
   assert generation.cut_output(" book a room [tonight | date] || intents: book_room\n4) more") == \
       "book a room [tonight | date] || intents: book_room"
+
+
+def test_generation_samples_under_the_request_grammar_by_default():
+  assert generation.SamplingConfig().constrained is True
+  assert generation.GenerationSettings().sampling.constrained is True

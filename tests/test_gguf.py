@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from msp_jax import decoding
+from msp_jax.synthesis import decoding
 from msp_jax.backbones import gguf_checkpoint
 from msp_jax.backbones.bpe_tokenizer import chat_prompt
 from msp_jax.errors import CheckpointError

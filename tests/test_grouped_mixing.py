@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from msp_jax import training
+from msp_jax.tuning import training
 from msp_jax.backbones import load_backbone
 from msp_jax.data.schema import Attribute, Ontology
 from msp_jax.errors import ConfigError
-from msp_jax.msp_model import MixtureConfig, MspModel, SoftPrompts, attribute_groups
+from msp_jax.tuning.msp_model import MixtureConfig, MspModel, SoftPrompts, attribute_groups
 
 # Kinds interleaved in row order, so grouping must follow the kind, not the position. Descriptions differ
 # in their first bytes: the tiny backbones tokenize bytes and prompts start from the first LENGTH tokens.

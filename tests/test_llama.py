@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from msp_jax.backbones import hf_llama, llama
+from msp_jax.backbones import hf_llama, llama, llama_names
 from msp_jax.errors import CheckpointError
 
 VOCAB = 97
@@ -201,6 +201,38 @@ def test_param_tree_names_shapes_and_logical_axes():
   assert axes["layers_3"]["attention"]["out"]["kernel"] == ("joined_kv", "embed")
   assert axes["layers_3"]["mlp"]["wi_1"]["kernel"] == ("embed", "mlp")
   assert axes["final_norm"]["scale"] == ("embed",)
+
+
+def test_name_table_reads_every_transformers_tensor_into_the_tree_the_model_expects():
+  # 11 layers: two-digit layer numbers too.
+  config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=11,
+                                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+  hf_names = [n for n in transformers.LlamaForCausalLM(config).state_dict() if not n.endswith("inv_freq")]
+  paths = {"/".join(llama_names.find_tensor(name, "hf")[1]) for name in hf_names}
+  ours = llama.LlamaConfig(vocab_size=VOCAB, embed_dim=16, num_layers=11, num_heads=2, num_kv_heads=1,
+                           head_dim=8, mlp_dim=24, tie_embeddings=False)
+  assert paths == set(llama.param_shapes(ours))
+
+
+def test_name_table_gguf_column_agrees_with_the_gguf_package():
+  import gguf
+
+  layers = int(np.random.default_rng().integers(1, 40))
+  reference = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+  hf_names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] + [
+      f"model.layers.{layers - 1}.{suffix}" for suffix in (
+          "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+          "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+          "mlp.up_proj.weight", "mlp.down_proj.weight")]
+  for hf_name in hf_names:
+    gguf_name = reference.get_name(hf_name, try_suffixes=(".weight",))
+    assert llama_names.find_tensor(gguf_name, "gguf") == llama_names.find_tensor(hf_name, "hf"), hf_name
+
+
+def test_name_table_knows_no_other_names():
+  assert llama_names.find_tensor("model.layers.0.self_attn.rotary_emb.inv_freq", "hf") is None
+  assert llama_names.find_tensor("blk.0.attn_q.bias", "gguf") is None
+  assert llama_names.find_tensor("model.layers.0.self_attn.q_proj.weight", "gguf") is None
 
 
 def test_config_from_params_recovers_the_config():

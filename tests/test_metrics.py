@@ -1,10 +1,12 @@
-"""Metrics on hand-computed cases (percent for P/R/F1/EM, fraction for Distinct@K)."""
+"""Metrics on hand-computed cases (percent for P/R/F1/EM, fraction for Distinct@K), and span F1 against seqeval."""
 
 from __future__ import annotations
 
 import pytest
+import seqeval.metrics
+from hypothesis import given, settings, strategies as st
 
-from msp_jax import metrics
+from msp_jax.evaluation import metrics, spans
 from msp_jax.data.schema import Attribute, Ontology, Span
 from msp_jax.errors import DataError
 
@@ -46,6 +48,66 @@ def test_span_micro_f1_needs_exact_text_and_type_and_counts_repeats():
   assert scores["precision"] == pytest.approx(100 / 3)
   assert scores["recall"] == pytest.approx(25.0)
   assert scores["f1"] == pytest.approx(2 * (100 / 3) * 25 / (100 / 3 + 25))
+
+
+WORD_TAGS = spans.tag_names(("PER", "LOC", "ORG"))
+
+
+def char_spans(tags: list[str]) -> list[Span]:
+  """Spans of a sentence of one-character words 'w w w ...' read from word tags (conlleval chunks)."""
+  offsets = [(2 * i, 2 * i + 1) for i in range(len(tags))]
+  return list(spans.spans_from_tags(tags, offsets, " ".join("w" * len(tags))))
+
+
+def seqeval_scores(gold: list[list[str]], pred: list[list[str]]) -> tuple[float, float, float]:
+  """seqeval's default (conlleval) entity P/R/F1 in percent."""
+  return tuple(100 * f(gold, pred, zero_division=0) for f in (seqeval.metrics.precision_score,
+                                                                seqeval.metrics.recall_score,
+                                                                seqeval.metrics.f1_score))
+
+
+@st.composite
+def tagged_corpora(draw):
+  lengths = draw(st.lists(st.integers(0, 12), min_size=1, max_size=6))
+  gold = [draw(st.lists(st.sampled_from(WORD_TAGS), min_size=n, max_size=n)) for n in lengths]
+  pred = [draw(st.lists(st.sampled_from(WORD_TAGS), min_size=n, max_size=n)) for n in lengths]
+  return gold, pred
+
+
+@settings(max_examples=300, deadline=None)
+@given(tagged_corpora())
+def test_char_span_f1_equals_seqeval_on_random_label_sequences(corpora):
+  gold, pred = corpora
+  ours = metrics.char_span_micro_f1([char_spans(g) for g in gold], [char_spans(p) for p in pred])
+  assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx(seqeval_scores(gold, pred))
+
+
+@pytest.mark.parametrize("gold, pred, expected", [
+    # No predictions: nothing right.
+    ([["B-PER", "I-PER", "O", "B-LOC"]], [["O", "O", "O", "O"]], (0.0, 0.0, 0.0)),
+    # Every span typed wrong.
+    ([["B-PER", "O", "B-LOC"]], [["B-ORG", "O", "B-PER"]], (0.0, 0.0, 0.0)),
+    # Partial overlap is wrong: one exact hit (LOC) of 2 gold and 2 predicted.
+    ([["B-PER", "I-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "O", "B-LOC"]], (50.0, 50.0, 50.0)),
+    # An I- after O opens a span (conlleval): the prediction is right.
+    ([["O", "B-ORG", "I-ORG"]], [["O", "I-ORG", "I-ORG"]], (100.0, 100.0, 100.0)),
+    # 3 gold, 1 predicted and right: P 100, R 33.3, F1 50.
+    ([["B-PER", "O", "B-LOC"], ["B-ORG"]], [["B-PER", "O", "O"], ["O"]], (100.0, 100 / 3, 50.0)),
+])
+def test_char_span_f1_hand_cases_agree_with_seqeval(gold, pred, expected):
+  ours = metrics.char_span_micro_f1([char_spans(g) for g in gold], [char_spans(p) for p in pred])
+  assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx(expected)
+  assert seqeval_scores(gold, pred) == pytest.approx(expected)
+
+
+def test_char_span_f1_matches_offsets_not_text():
+  gold = [[Span(0, 5, "LOC", "Paris"), Span(10, 15, "LOC", "Paris")]]
+  pred = [[Span(10, 15, "LOC", "Paris"), Span(0, 4, "LOC", "Pari")]]
+  assert metrics.char_span_micro_f1(gold, pred)["f1"] == pytest.approx(50.0)
+
+
+def test_accuracy_counts_equal_single_labels():
+  assert metrics.accuracy(["IN:A", "IN:B", "IN:A", None], ["IN:A", "IN:A", "IN:A", None]) == {"accuracy": 75.0}
 
 
 def test_exact_match_normalises_whitespace():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msp_jax import mixers
+from msp_jax.tuning import mixers
 from msp_jax.data.schema import Attribute, Ontology
 from msp_jax.errors import ConfigError
 

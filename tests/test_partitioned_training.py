@@ -31,7 +31,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 """ + toy_domain.IMPORT_TOY_DOMAIN + r"""
 import jax, numpy as np
 from jax.sharding import PartitionSpec
-from msp_jax import training
+from msp_jax.tuning import training
 from msp_jax.partitioning import make_mesh, replicated, shard_batch, shard_params
 
 assert jax.device_count() == 8

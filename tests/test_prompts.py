@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msp_jax import prompts
+from msp_jax.tuning import prompts
 from msp_jax.data.schema import Attribute, Ontology
 from msp_jax.errors import ConfigError
 

@@ -228,3 +228,109 @@ def test_broken_registry_entry_is_skipped_with_a_warning(toy_files, msp_home):
   with pytest.warns(UserWarning, match="broken"):
     names = tasks.register_persisted_domains()
   assert good in names and "broken" not in seqio.TaskRegistry.names()
+
+
+def test_cli_register_refuses_the_shipped_example_name_even_with_overwrite(toy_files, msp_home, capsys):
+  from msp_jax.data import catalog
+  shipped = catalog.load_task_data("front_desk")
+  for extra in ([], ["--overwrite"]):
+    assert cli.main(["register", "front_desk", "--train", str(toy_files["train"]), *extra]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "'front_desk' is the example domain shipped with msp-jax" in lines[0]
+  assert not (msp_home / "domains").exists()
+  assert catalog.load_task_data("front_desk") == shipped
+
+
+def test_a_registered_domain_is_loaded_by_name_without_the_seqio_layer(toy_files, msp_home, capsys):
+  from msp_jax.data import catalog, registry
+  name = _unique_name("toy_catalog_only")
+  registry.persist_domain(name, train=toy_files["train"], test=toy_files["test"])  # no `tasks` involved
+  assert name in catalog.known_tasks()
+  assert len(catalog.load_task_data(name).splits["test"]) == len(_records(toy_files["test"]))
+  assert cli.main(["data-stats", name, "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["splits"] == {"train": len(_records(toy_files["train"])),
+                                                           "test": len(_records(toy_files["test"]))}
+
+
+def _texts(data) -> dict[str, list[str]]:
+  return {split: [e.text for e in examples] for split, examples in data.splits.items()}
+
+
+def test_a_reader_waits_for_an_overwrite_in_flight_and_sees_the_new_version(tmp_path, msp_home, monkeypatch):
+  import threading
+  from msp_jax.data import catalog, registry
+
+  name = _unique_name("toy_swap")
+  rng = random.Random()
+  versions = []
+  for v in range(2):
+    folder = tmp_path / f"v{v}"
+    folder.mkdir()
+    versions.append({split: _write_jsonl(folder / f"{split}.jsonl", [_toy_record(rng) for _ in range(n)])
+                     for split, n in (("train", 6 + v), ("test", 3 + v))})
+  registry.persist_domain(name, **versions[0])
+  expected_new = _texts(registry.read_files(name, **versions[1]))
+
+  # Hold the writer between its two renames (old folder moved aside, new one not yet in place).
+  mid_swap, resume = threading.Event(), threading.Event()
+  real_rename = os.rename
+
+  def slow_rename(src, dst):
+    real_rename(src, dst)
+    if pathlib.Path(dst).name.startswith(f".{name}.old-"):
+      mid_swap.set()
+      resume.wait(timeout=30)
+
+  monkeypatch.setattr(os, "rename", slow_rename)
+  writer = threading.Thread(target=registry.persist_domain, args=(name,), kwargs={**versions[1], "overwrite": True})
+  writer.start()
+  assert mid_swap.wait(timeout=30)
+  seen = []
+  reader = threading.Thread(target=lambda: seen.append(_texts(catalog.load_task_data(name))))
+  reader.start()
+  reader.join(timeout=0.5)
+  assert reader.is_alive()  # blocked by the writer's lock instead of finding no folder
+  resume.set()
+  writer.join(timeout=30)
+  reader.join(timeout=30)
+  assert seen == [expected_new]
+
+
+def test_concurrent_overwrites_of_one_name_leave_one_whole_version(tmp_path, msp_home):
+  import threading
+  from msp_jax.data import registry
+
+  name = _unique_name("toy_race")
+  rng = random.Random()
+  versions, expected = [], []
+  for v in range(2):
+    folder = tmp_path / f"v{v}"
+    folder.mkdir()
+    files = {split: _write_jsonl(folder / f"{split}.jsonl", [_toy_record(rng) for _ in range(n)])
+             for split, n in (("train", 5 + v), ("validation", 2 + v))}
+    versions.append(files)
+    expected.append(_texts(registry.read_files(name, **files)))
+  registry.persist_domain(name, **versions[0])
+  errors, seen = [], []
+
+  def overwrite(files):
+    try:
+      for _ in range(15):
+        registry.persist_domain(name, **files, overwrite=True)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  def read():
+    for _ in range(30):
+      data = registry.read_domain(name)
+      seen.append(None if data is None else _texts(data))
+
+  threads = [threading.Thread(target=overwrite, args=(v,)) for v in versions] + [threading.Thread(target=read)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=120)
+  assert not errors
+  assert seen and all(s in expected for s in seen)  # never absent, never train of one and validation of another
+  assert _texts(registry.read_domain(name)) in expected
+  assert [p.name for p in (msp_home / "domains").iterdir()] == [name]  # no staging or retired folder left

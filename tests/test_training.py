@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from msp_jax import training
+from msp_jax.tuning import losses, training
 from msp_jax.backbones import load_backbone
 from msp_jax.data.schema import Attribute, Example, Ontology
-from msp_jax.model_inputs import InputShapes, fixed_batches, make_batch_fn
-from msp_jax.msp_model import MixtureConfig, MspModel
+from msp_jax.tuning.model_inputs import InputShapes, fixed_batches, make_batch_fn
+from msp_jax.tuning.msp_model import MixtureConfig, MspModel
 
 ONTOLOGY = Ontology("toy", "multi_intent", (Attribute("greet", "intent", "say hello"),
                                            Attribute("bye", "intent", "say goodbye")))
@@ -80,3 +80,20 @@ def test_restoring_against_another_backbone_is_refused(tmp_path):
   training.train(*args, {"backbone": "random"}, show_progress=False, stop_after=1)
   with pytest.raises(CheckpointError, match="backbone="):
     training.train(*args, {"backbone": "other"}, show_progress=False)
+
+
+def test_target_nll_matches_a_float64_reference():
+  rng = np.random.default_rng()
+  batch, length, vocab = 3, 7, 11
+  logits = rng.normal(scale=3.0, size=(batch, length, vocab)).astype(np.float32)
+  targets = rng.integers(0, vocab, size=(batch, length)).astype(np.int32)
+  mask = (rng.random((batch, length)) < 0.7).astype(np.int32)
+  mask[0] = 0  # a row with nothing to score
+  nll, tokens = losses.target_nll(logits, targets, mask)
+  wide = logits.astype(np.float64)
+  log_probs = wide - np.log(np.exp(wide - wide.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - wide.max(-1, keepdims=True)
+  expected = np.array([-sum(log_probs[b, t, targets[b, t]] for t in range(length) if mask[b, t])
+                       for b in range(batch)])
+  np.testing.assert_allclose(np.asarray(nll), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(tokens), mask.sum(-1))

@@ -1,27 +1,39 @@
 """`msp run` / `msp generate` / `msp denoise`: stage caching, export, SeqIO registration and bad input.
 
-The backbone is the tiny random Llama (it cannot write parseable examples, so generation keeps nothing);
-the denoise stage is also run on hand-made candidates (reworded seed examples) to check what it writes.
+The backbone is the tiny random Llama. Every output it writes decodes to an empty line, so generation keeps
+nothing unless a test gives the outputs text (`chatty_outputs`); the denoise stage is also run on hand-made
+candidates (reworded seed examples) to check what it writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import json
 import pathlib
+import random
+import re
+import types
 
 import pytest
 
-from msp_jax import cli, export, generation, stages
+from msp_jax import cli
 from msp_jax.data.schema import Example
+from msp_jax.run import cache
+from msp_jax.run.summaries import DenoiseSummary, GenerateSummary, SyntheticFiles
+from msp_jax.synthesis import export, generation
 
 TINY = ["--gin_file", "runs/quickstart.gin", "--quiet",
         "--gin.msp.experiment.backbone='random:llama-tiny'",
         "--gin.msp.TrainConfig.steps=2", "--gin.msp.TrainConfig.eval_every=2",
         "--gin.msp.MixtureConfig.prefix_length=2", "--gin.msp.MixtureConfig.attribute_length=2",
         "--gin.msp.InputShapes.max_text_len=48", "--gin.msp.InputShapes.max_target_len=24",
-        "--gin.msp.synthesis.settings=@msp.GenerationSettings()",
-        "--gin.msp.GenerationSettings.target_count=6",
-        "--gin.msp.SamplingConfig.max_new_tokens=8", "--gin.msp.GenerationSettings.sampling=@msp.SamplingConfig()"]
+        "--gin.msp.GenerationSettings.target_count=6", "--gin.msp.SamplingConfig.max_new_tokens=8",
+        "--gin.msp.SamplingConfig.constrained=False"]  # 8 tokens cannot hold a constrained example's labels
+# Outputs take their seed's labels (the authors' mode), so text that does not parse is kept too.
+INHERIT = "--gin.msp.GenerationSettings.label_mode='inherit'"
+STAGES = ("train", "generate", "denoise", "downstream")
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +41,14 @@ def msp_home(tmp_path, monkeypatch):
   home = tmp_path / "msp_home"
   monkeypatch.setenv("MSP_HOME", str(home))
   return home
+
+
+@pytest.fixture
+def chatty_outputs(monkeypatch):
+  """Each generated output reads as a distinct request (the tiny backbone's own outputs are empty lines); with
+  `INHERIT` every one becomes a candidate, and the synthetic set is not empty."""
+  numbers = itertools.count()
+  monkeypatch.setattr(generation, "cut_output", lambda text: f"could you help me with request {next(numbers)}")
 
 
 def run_tiny(command: str, workdir: pathlib.Path, *extra: str) -> int:
@@ -42,7 +62,7 @@ def tiny_run(workdir: pathlib.Path):
   argv, bindings = split_gin_flags(["run", *TINY, "--workdir", str(workdir)])
   args = cli.build_parser().parse_args(argv)
   args.gin_bindings = list(args.gin_bindings) + bindings
-  run = stage_command.make_run(args)
+  run = stage_command.make_run(args, STAGES)
   run.report = lambda message: None
   return run
 
@@ -60,16 +80,16 @@ def test_stage_runs_once_then_skips_and_reruns_when_its_fingerprint_or_outputs_c
     return {"n": len(calls)}, [output]
 
   messages = []
-  first = stages.run_stage(tmp_path, "s", "fp1", compute, report=messages.append)
-  again = stages.run_stage(tmp_path, "s", "fp1", compute, report=messages.append)
-  assert len(calls) == 1 and again["summary"] == first["summary"] == {"n": 1}
+  first = cache.run_stage(tmp_path, "s", "fp1", compute, report=messages.append)
+  again = cache.run_stage(tmp_path, "s", "fp1", compute, report=messages.append)
+  assert len(calls) == 1 and again.summary == first.summary == {"n": 1}
   assert "skipping" in messages[-1]
-  stages.run_stage(tmp_path, "s", "fp2", compute, report=messages.append)
+  cache.run_stage(tmp_path, "s", "fp2", compute, report=messages.append)
   assert len(calls) == 2 and "changed" in messages[-2]
   output.unlink()
-  stages.run_stage(tmp_path, "s", "fp2", compute, report=messages.append)
+  cache.run_stage(tmp_path, "s", "fp2", compute, report=messages.append)
   assert len(calls) == 3
-  stages.run_stage(tmp_path, "s", "fp2", compute, force=True, report=messages.append)
+  cache.run_stage(tmp_path, "s", "fp2", compute, force=True, report=messages.append)
   assert len(calls) == 4
 
 
@@ -78,21 +98,48 @@ def test_failed_stage_leaves_no_record(tmp_path):
     raise RuntimeError("killed")
 
   with pytest.raises(RuntimeError):
-    stages.run_stage(tmp_path, "s", "fp", boom, report=lambda m: None)
-  assert stages.read_record(tmp_path, "s") is None
+    cache.run_stage(tmp_path, "s", "fp", boom, report=lambda m: None)
+  assert cache.read_record(tmp_path, "s") is None
 
 
 def test_corrupt_stage_record_is_a_clear_error(tmp_path):
-  path = stages.record_path(tmp_path, "train")
+  path = cache.record_path(tmp_path, "train")
   path.parent.mkdir(parents=True)
   path.write_text("{not json")
   with pytest.raises(Exception, match=r"train\.json:1: corrupt stage record"):
-    stages.read_record(tmp_path, "train")
+    cache.read_record(tmp_path, "train")
+
+
+def test_summaries_read_back_what_they_write_and_records_of_earlier_versions():
+  rng = random.Random()
+  generated = GenerateSummary(generated=rng.randrange(100), candidates=rng.randrange(100),
+                              dropped={"empty": rng.randrange(9)}, outcomes={"ok": rng.randrange(9)},
+                              novel_generated=rng.randrange(9), novel_candidates=rng.randrange(9),
+                              prompt_checkpoint="w/best/60")
+  assert GenerateSummary.from_json(json.loads(json.dumps(generated.to_json()))) == generated
+  older = {k: v for k, v in generated.to_json().items() if k != "novel_candidates"}
+  assert GenerateSummary.from_json(older).novel_candidates == 0  # written before novel candidates were counted
+  denoised = DenoiseSummary(kept=3, metrics={"kept": {"count": 3}}, files=SyntheticFiles("a.jsonl", "a.tfrecord",
+                                                                                        "s.jsonl"),
+                            metrics_file="m.json", seqio_tasks=("x", "x_mixture"))
+  raw = json.loads(json.dumps(denoised.to_json()))
+  assert raw["files"] == {"jsonl": "a.jsonl", "tfrecord": "a.tfrecord", "seeds": "s.jsonl"}
+  assert raw["seqio_tasks"] == ["x", "x_mixture"] and DenoiseSummary.from_json(raw) == denoised
+
+
+def test_stage_summary_missing_a_field_is_a_clear_error(tmp_path, capsys):
+  workdir = tmp_path / "w"
+  config = tiny_run(workdir).config
+  cache.write_record(workdir, "generate", config.generate_fingerprint(), [], {"generated": 3}, 0.0)
+  assert run_tiny("denoise", workdir) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "generate.json: stage summary is not a GenerateSummary" in err[0]
+  assert "'candidates'" in err[0] and "delete it to re-run stage 'generate'" in err[0]
 
 
 def test_fingerprint_is_stable_and_sensitive():
-  from msp_jax.workflow import RunConfig
-  from msp_jax.training import TrainConfig
+  from msp_jax.run.workflow import RunConfig
+  from msp_jax.tuning.training import TrainConfig
   a, b = RunConfig(), RunConfig()
   assert a.generate_fingerprint() == b.generate_fingerprint()
   c = RunConfig(training=TrainConfig(steps=301))
@@ -103,35 +150,110 @@ def test_fingerprint_is_stable_and_sensitive():
 # ------------------------------------------------------------------------------------------------- run
 
 
-def test_msp_run_caches_every_stage(tmp_path, capsys):
+def test_msp_run_caches_every_stage(tmp_path, capsys, chatty_outputs):
   workdir = tmp_path / "run"
-  assert run_tiny("run", workdir) == 0
+  assert run_tiny("run", workdir, INHERIT) == 0
   first = capsys.readouterr().out
-  for stage in ("train", "generate", "denoise", "downstream"):
+  for stage in STAGES:
     assert f"[{stage}] running" in first
-    assert stages.read_record(workdir, stage) is not None
+    assert cache.read_record(workdir, stage) is not None
+  assert export.read_jsonl(workdir / "synthetic" / "synthetic.jsonl")  # something to compare downstream
   report = json.loads((workdir / "downstream" / "report.json").read_text())
   assert list(report["sets"]) == ["seed only", "seed + EDA", "seed + MSP"] and report["test_examples"] == 25
   assert "seed + MSP" in first and "intent F1" in first
   assert (workdir / "synthetic" / "synthetic.jsonl").is_file()
   assert (workdir / "synthetic" / "synthetic.tfrecord").is_file()
   metrics = json.loads((workdir / "synthetic" / "metrics.json").read_text())
-  assert metrics["generated"]["outputs"] == sum(
-      stages.read_record(workdir, "generate")["summary"]["outcomes"].values())
-  assert run_tiny("run", workdir) == 0
+  generated = GenerateSummary.from_json(cache.read_record(workdir, "generate").summary)
+  assert metrics["generated"]["outputs"] == sum(generated.outcomes.values())
+  # The records keep their JSON shape (earlier workdirs are read by this version and the other way round).
+  on_disk = json.loads(cache.record_path(workdir, "denoise").read_text())
+  assert list(on_disk) == ["stage", "fingerprint", "outputs", "summary", "seconds"]
+  assert list(on_disk["summary"]) == ["kept", "metrics", "files", "metrics_file", "seqio_tasks"]
+  assert list(on_disk["summary"]["files"]) == ["jsonl", "tfrecord", "seeds"]
+  assert on_disk["summary"]["metrics"] == metrics
+  assert run_tiny("run", workdir, INHERIT) == 0
   second = capsys.readouterr().out
-  for stage in ("train", "generate", "denoise", "downstream"):
+  for stage in STAGES:
     assert f"[{stage}] already done" in second
   # More sampling settings change only generation and what follows.
-  assert run_tiny("run", workdir, "--gin.msp.SamplingConfig.temperature=0.5") == 0
+  assert run_tiny("run", workdir, INHERIT, "--gin.msp.SamplingConfig.temperature=0.5") == 0
   third = capsys.readouterr().out
   assert "[train] already done" in third and "[generate] configuration" in third and "[denoise] configuration" in third
   assert "[downstream] configuration" in third
   # The downstream model's settings change only the downstream stage.
-  assert run_tiny("run", workdir, "--gin.msp.SamplingConfig.temperature=0.5",
+  assert run_tiny("run", workdir, INHERIT, "--gin.msp.SamplingConfig.temperature=0.5",
                   "--gin.msp.downstream_evaluation.repeats=1") == 0
   fourth = capsys.readouterr().out
   assert "[denoise] already done" in fourth and "[downstream] configuration" in fourth
+
+
+@pytest.fixture(scope="module")
+def nothing_kept(tmp_path_factory):
+  """(workdir, stdout) of `msp run` whose denoise stage kept nothing: it is handed no candidate at all."""
+  from msp_jax.synthesis import denoising
+  real_denoise = denoising.denoise
+  workdir = tmp_path_factory.mktemp("nothing_kept") / "run"
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("MSP_HOME", str(workdir.parent / "msp_home"))
+    patch.setattr(denoising, "denoise", lambda candidates, *args, **kwargs: real_denoise((), *args, **kwargs))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+      status = run_tiny("run", workdir)
+  assert status == 0
+  assert json.loads((workdir / "synthetic" / "metrics.json").read_text())["kept"]["count"] == 0
+  return workdir, out.getvalue()
+
+
+def test_msp_run_says_nothing_was_kept_and_skips_the_downstream_stage(nothing_kept):
+  workdir, out = nothing_kept
+  skipped = [line for line in out.splitlines() if line.startswith("[downstream]")]
+  assert len(skipped) == 1
+  said = re.fullmatch(r"\[downstream\] skipped: nothing was kept: the denoise stage kept 0 synthetic examples of "
+                      r"(\d+) generated \(parse rate \d+%; see (.+)\), so seed \+ MSP would be seed only again",
+                      skipped[0])
+  assert said and int(said[1]) > 0 and said[2] == str(workdir / "synthetic" / "metrics.json"), skipped[0]
+  assert "intent F1" not in out  # no comparison table
+  assert cache.read_record(workdir, "downstream") is None and not (workdir / "downstream").exists()
+
+
+def test_msp_downstream_refuses_a_run_that_kept_nothing(nothing_kept, capsys):
+  workdir, _ = nothing_kept
+  assert run_tiny("downstream", workdir) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: downstream: nothing was kept: the denoise stage kept 0 ")
+  assert cache.read_record(workdir, "downstream") is None
+
+
+def _denoised(kept: int, outputs: int) -> DenoiseSummary:
+  return DenoiseSummary(kept=kept, metrics={"generated": {"outputs": outputs, "parse_rate": 0.25}},
+                        files=SyntheticFiles("s.jsonl", "s.tfrecord", "seeds.jsonl"), metrics_file="w/metrics.json",
+                        seqio_tasks=())
+
+
+def _run_for_downstream(test_examples: int, unsupported: str | None = None):
+  """What `stage_command.downstream_skip_reason` reads of a `workflow.Run`."""
+  domain = types.SimpleNamespace(name="toy", splits={"train": ["e"] * 4, "test": ["e"] * test_examples})
+  return types.SimpleNamespace(domain=domain, downstream_skip_reason=lambda: unsupported)
+
+
+def test_downstream_runs_when_the_domain_is_scorable_and_something_was_kept():
+  from msp_jax.commands import stage_command
+  assert stage_command.downstream_skip_reason(_run_for_downstream(random.randint(1, 9)), _denoised(1, 3)) is None
+
+
+def test_downstream_is_skipped_for_a_domain_without_test_examples():
+  from msp_jax.commands import stage_command
+  reason = stage_command.downstream_skip_reason(_run_for_downstream(0), _denoised(5, 6))
+  assert reason == "domain 'toy' has no test examples to score on"
+
+
+def test_downstream_skip_reasons_name_the_first_obstacle():
+  from msp_jax.commands import stage_command
+  outputs = random.randint(1, 99)
+  assert stage_command.downstream_skip_reason(_run_for_downstream(0, "a 'ner' task"), _denoised(0, 1)) == "a 'ner' task"
+  assert stage_command.downstream_skip_reason(_run_for_downstream(3), _denoised(0, outputs)) == (
+      f"nothing was kept: the denoise stage kept 0 synthetic examples of {outputs} generated (parse rate 25%; see "
+      "w/metrics.json), so seed + MSP would be seed only again")
 
 
 def test_downstream_before_denoise_is_a_clear_error(tmp_path, capsys):
@@ -203,24 +325,27 @@ def test_denoise_stage_exports_scores_and_registers_a_seqio_mixture(tmp_path, ca
   generation.write_candidates(out / "candidates.jsonl", candidates)
   (out / "plan.json").write_text(json.dumps({"keep_per_seed": {s.uid: 1 for s in seeds},
                                              "prompt_checkpoint": "ckpt", "requests": 5, "novel_requests": 0}))
-  stages.write_record(workdir, "generate", config.generate_fingerprint(), [out / "candidates.jsonl"],
-                      {"outcomes": {"ok": 10}, "dropped": {}, "novel_generated": 0}, 0.0)
-  record = run.denoise()
+  generated = GenerateSummary(generated=10, candidates=10, dropped={}, outcomes={"ok": 10}, novel_generated=0,
+                              novel_candidates=0, prompt_checkpoint="ckpt")
+  cache.write_record(workdir, "generate", config.generate_fingerprint(), [out / "candidates.jsonl"],
+                     generated.to_json(), 0.0)
+  from msp_jax.commands import stage_command
+  summary = run.denoise(publish=stage_command.publish_synthetic)
   kept = export.read_jsonl(workdir / "synthetic" / "synthetic.jsonl")
   # One per seed (the quotas), then the best over quota fills up to target_count=6.
   assert len(kept) == 6 and {r.seed_uid for r in kept} == {s.uid for s in seeds}
-  assert record["summary"]["metrics"]["denoise"]["filled_over_quota"] == 1
+  assert summary.metrics["denoise"]["filled_over_quota"] == 1
   assert kept == export.read_tfrecord(workdir / "synthetic" / "synthetic.tfrecord")
   assert all(r.provenance == {"backbone": "random:llama-tiny", "prompt_checkpoint": "ckpt", "seed": 0}
              for r in kept)
-  metrics = record["summary"]["metrics"]
+  metrics = summary.metrics
   assert metrics["kept"]["parse_rate"] == 1.0 and metrics["kept"]["attribute_agreement"] == 1.0
   assert metrics["distinct_equal_size"]["sample_size"] == 6
   assert set(metrics["distinct_equal_size"]["synthetic"]) == {"distinct_1", "distinct_2", "distinct_3"}
   assert metrics["kept"]["perplexity"] > 1
 
   name = config.synthetic_task_name
-  assert name in record["summary"]["seqio_tasks"] and f"{name}_mixture" in record["summary"]["seqio_tasks"]
+  assert name in summary.seqio_tasks and f"{name}_mixture" in summary.seqio_tasks
   def texts_of(task_or_mixture: str) -> list[str]:
     provider = seqio.get_mixture_or_task(task_or_mixture)
     vocabulary = provider.output_features["inputs"].vocabulary
@@ -246,4 +371,4 @@ def test_msp_run_skips_the_downstream_stage_for_a_task_it_has_no_model_for(tmp_p
   out = capsys.readouterr().out
   assert "[denoise] done" in out
   assert "[downstream] skipped: domain 'ai' is a 'ner' task" in out
-  assert stages.read_record(workdir, "downstream") is None
+  assert cache.read_record(workdir, "downstream") is None

@@ -34,8 +34,8 @@ def toy_step_inputs(spec: str, *, batch_size: int, seed: int) -> tuple:
   import numpy as np
 
   from msp_jax.backbones import load_backbone
-  from msp_jax.model_inputs import InputShapes, make_batch_fn
-  from msp_jax.msp_model import MixtureConfig, MspModel
+  from msp_jax.tuning.model_inputs import InputShapes, make_batch_fn
+  from msp_jax.tuning.msp_model import MixtureConfig, MspModel
 
   backbone = load_backbone(spec).backbone
   model = MspModel(backbone, ONTOLOGY, MixtureConfig(mixer="attention", prefix_length=3, attribute_length=4,

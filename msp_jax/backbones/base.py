@@ -20,7 +20,7 @@ Conventions (shared by all implementations):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import jax
 

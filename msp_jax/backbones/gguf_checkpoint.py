@@ -3,7 +3,8 @@
 Weights are dequantised to float32 with `gguf.quants.dequantize` (Q4_1, Q8_0, F16, ... all work). llama.cpp's
 converter permutes the rows of attn_q / attn_k so that rotary pairs are adjacent (interleaved layout); we
 use the rotate-half layout of Hugging Face, so those rows are permuted back here. GGUF matrices are stored
-[out, in] (like PyTorch); our kernels are [in, out].
+[out, in] (like PyTorch); our kernels are [in, out]. Tensor names come from the one Llama name table,
+`llama_names.LLAMA_TENSORS`.
 """
 
 from __future__ import annotations
@@ -15,21 +16,8 @@ import numpy as np
 
 from msp_jax.backbones.bpe_tokenizer import BpeTokenizer
 from msp_jax.backbones.llama import LlamaBackbone, LlamaConfig, check_params
+from msp_jax.backbones.llama_names import find_tensor, set_leaf
 from msp_jax.errors import CheckpointError
-
-# GGUF tensor name suffix inside blk.{i} -> (path in layers_{i}, is a matrix to transpose).
-_LAYER_TENSORS = {
-    "attn_norm.weight": (("attention_norm", "scale"), False),
-    "attn_q.weight": (("attention", "query", "kernel"), True),
-    "attn_k.weight": (("attention", "key", "kernel"), True),
-    "attn_v.weight": (("attention", "value", "kernel"), True),
-    "attn_output.weight": (("attention", "out", "kernel"), True),
-    "ffn_norm.weight": (("mlp_norm", "scale"), False),
-    "ffn_gate.weight": (("mlp", "wi_0", "kernel"), True),
-    "ffn_up.weight": (("mlp", "wi_1", "kernel"), True),
-    "ffn_down.weight": (("mlp", "wo", "kernel"), True),
-}
-
 
 def _open(path: str | pathlib.Path) -> Any:
   import gguf  # Imported lazily: only GGUF users need it.
@@ -71,7 +59,8 @@ def config_from_gguf(reader: Any, path: pathlib.Path) -> LlamaConfig:
       head_dim=head_dim, mlp_dim=int(_field(reader, path, "llama.feed_forward_length")),
       rope_base=float(_field(reader, path, "llama.rope.freq_base", 10000.0)),
       norm_eps=float(_field(reader, path, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-      tie_embeddings="output.weight" not in names)
+      tie_embeddings="output.weight" not in names,
+      context_length=int(_field(reader, path, "llama.context_length", LlamaConfig.context_length)))
 
 
 def unpermute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -110,28 +99,18 @@ def read_gguf_params(path: str | pathlib.Path) -> tuple[LlamaConfig, dict]:
   path = pathlib.Path(path)
   reader = _open(path)
   config = config_from_gguf(reader, path)
+  rotary_heads = {"query": config.num_heads, "key": config.num_kv_heads}  # rows llama.cpp permuted
   params: dict[str, Any] = {}
   unknown = []
   for tensor in reader.tensors:
     name = tensor.name
-    if name == "token_embd.weight":
-      params.setdefault("token_embedder", {})["embedding"] = _dequantize(tensor, path)
-    elif name == "output_norm.weight":
-      params["final_norm"] = {"scale": _dequantize(tensor, path)}
-    elif name == "output.weight":
-      params["logits_dense"] = {"kernel": _dequantize(tensor, path).T}
-    elif name.startswith("blk.") and name.split(".", 2)[-1] in _LAYER_TENSORS:
-      _, layer, suffix = name.split(".", 2)
-      keys, transpose = _LAYER_TENSORS[suffix]
+    found = find_tensor(name, "gguf")
+    if found is not None:
+      row, keys = found
       w = _dequantize(tensor, path)
-      if suffix == "attn_q.weight":
-        w = unpermute_rotary_rows(w, config.num_heads)
-      elif suffix == "attn_k.weight":
-        w = unpermute_rotary_rows(w, config.num_kv_heads)
-      node = params.setdefault(f"layers_{int(layer)}", {})
-      for key in keys[:-1]:
-        node = node.setdefault(key, {})
-      node[keys[-1]] = np.ascontiguousarray(w.T) if transpose else w
+      if keys[-2] in rotary_heads:
+        w = unpermute_rotary_rows(w, rotary_heads[keys[-2]])
+      set_leaf(params, keys, np.ascontiguousarray(w.T) if row.transpose else w)
     elif name == "rope_freqs.weight":
       raise CheckpointError(f"{path}: tensor rope_freqs.weight (rotary frequency scaling, e.g. Llama 3.1) "
                             "is not supported")

@@ -2,7 +2,8 @@
 
 HF stores linear weights [out, in] under `model.layers.{i}.self_attn.q_proj.weight` etc.; our kernels are
 [in, out]. HF keeps the rotate-half rotary layout we use, so no row permutation is needed (unlike GGUF).
-Sharded checkpoints (`model.safetensors.index.json`) are read too.
+Tensor names come from the one Llama name table, `llama_names.LLAMA_TENSORS`. Sharded checkpoints
+(`model.safetensors.index.json`) are read too.
 """
 
 from __future__ import annotations
@@ -15,21 +16,8 @@ import numpy as np
 
 from msp_jax.backbones.bpe_tokenizer import BpeTokenizer
 from msp_jax.backbones.llama import LlamaBackbone, LlamaConfig, check_params
+from msp_jax.backbones.llama_names import find_tensor, set_leaf
 from msp_jax.errors import CheckpointError
-
-# HF name inside model.layers.{i} -> (path inside layers_{i}, transpose).
-_LAYER_TENSORS = {
-    "input_layernorm.weight": (("attention_norm", "scale"), False),
-    "self_attn.q_proj.weight": (("attention", "query", "kernel"), True),
-    "self_attn.k_proj.weight": (("attention", "key", "kernel"), True),
-    "self_attn.v_proj.weight": (("attention", "value", "kernel"), True),
-    "self_attn.o_proj.weight": (("attention", "out", "kernel"), True),
-    "post_attention_layernorm.weight": (("mlp_norm", "scale"), False),
-    "mlp.gate_proj.weight": (("mlp", "wi_0", "kernel"), True),
-    "mlp.up_proj.weight": (("mlp", "wi_1", "kernel"), True),
-    "mlp.down_proj.weight": (("mlp", "wo", "kernel"), True),
-}
-
 
 def config_from_hf(hf: dict, path: pathlib.Path) -> LlamaConfig:
   """LlamaConfig from a parsed HF config.json (transformers 4.x and 5.x spellings of rope_theta)."""
@@ -49,7 +37,8 @@ def config_from_hf(hf: dict, path: pathlib.Path) -> LlamaConfig:
         num_heads=heads, num_kv_heads=int(hf.get("num_key_value_heads") or heads),
         head_dim=int(hf.get("head_dim") or embed // heads), mlp_dim=int(hf["intermediate_size"]),
         rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        context_length=int(hf.get("max_position_embeddings") or LlamaConfig.context_length))
   except KeyError as e:
     raise CheckpointError(f"{path}: config.json lacks the field {e.args[0]!r}") from None
 
@@ -89,21 +78,13 @@ def read_hf_params(path: str | pathlib.Path) -> tuple[LlamaConfig, dict]:
       raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
     with handle as f:
       for name in f.keys():
-        w = np.asarray(f.get_tensor(name), dtype=np.float32)
-        if name == "model.embed_tokens.weight":
-          params["token_embedder"] = {"embedding": w}
-        elif name == "model.norm.weight":
-          params["final_norm"] = {"scale": w}
-        elif name == "lm_head.weight":
-          if not config.tie_embeddings:
-            params["logits_dense"] = {"kernel": np.ascontiguousarray(w.T)}
-        elif name.startswith("model.layers.") and name.split(".", 3)[-1] in _LAYER_TENSORS:
-          _, _, layer, suffix = name.split(".", 3)
-          keys, transpose = _LAYER_TENSORS[suffix]
-          node = params.setdefault(f"layers_{int(layer)}", {})
-          for key in keys[:-1]:
-            node = node.setdefault(key, {})
-          node[keys[-1]] = np.ascontiguousarray(w.T) if transpose else w
+        found = find_tensor(name, "hf")
+        if found is not None:
+          row, keys = found
+          if keys[0] == "logits_dense" and config.tie_embeddings:
+            continue  # Tied: the output projection is the embedding, which is read already.
+          w = np.asarray(f.get_tensor(name), dtype=np.float32)
+          set_leaf(params, keys, np.ascontiguousarray(w.T) if row.transpose else w)
         elif name.endswith("rotary_emb.inv_freq"):
           continue  # Recomputed from rope_theta.
         else:

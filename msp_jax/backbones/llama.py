@@ -61,6 +61,7 @@ class LlamaConfig:
   rope_base: float = 1e5
   norm_eps: float = 1e-5
   tie_embeddings: bool = True
+  context_length: int = 8192    # positions the model was trained on (prompt + generated tokens)
   dtype: str = "float32"        # activations / matmul inputs
   param_dtype: str = "float32"  # stored parameters
 
@@ -75,7 +76,7 @@ class LlamaConfig:
 LLAMA_CONFIGS: dict[str, LlamaConfig] = {
     # A few thousand parameters: unit tests and smoke runs.
     "tiny": LlamaConfig(vocab_size=320, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                        mlp_dim=64, rope_base=1e4, norm_eps=1e-5, tie_embeddings=True),
+                        mlp_dim=64, rope_base=1e4, norm_eps=1e-5, tie_embeddings=True, context_length=256),
     "smollm2-135m": LlamaConfig(vocab_size=49152, embed_dim=576, num_layers=30, num_heads=9, num_kv_heads=3,
                                 head_dim=64, mlp_dim=1536, rope_base=1e5, norm_eps=1e-5, tie_embeddings=True),
 }
@@ -464,8 +465,11 @@ def _positions(mask: jax.Array) -> jax.Array:
 
 
 def _last_real(mask: jax.Array) -> jax.Array:
-  """Index of the last real entry per row [batch] (0 for an all-pad row)."""
+  """Index of the last real entry per row [batch] (0 for an all-pad row); mask [batch, length >= 1]."""
   length = mask.shape[-1]
+  if length == 0:  # static: no position whose output could predict the next token
+    raise ConfigError(f"a decoder-only model needs at least one input token, got an empty input "
+                      f"(mask of shape {tuple(mask.shape)}); give a non-empty prompt")
   idx = jnp.where(mask.astype(bool), jnp.arange(length)[None, :], -1)
   return jnp.maximum(jnp.max(idx, axis=-1), 0)
 

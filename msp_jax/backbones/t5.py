@@ -1,6 +1,6 @@
 """T5 v1.1 encoder-decoder in Flax linen, with exactly the parameter tree T5X writes.
 
-The tree (so T5X checkpoints load unchanged; see DESIGN.md "Backbones"):
+The tree (so T5X checkpoints load unchanged; docs/design.md, "T5 v1.1 (encoder-decoder)"):
 
   token_embedder/embedding                       [vocab, embed]
   encoder/relpos_bias/rel_embedding              [heads, relpos_buckets]   shared by all encoder layers

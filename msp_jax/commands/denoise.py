@@ -1,4 +1,5 @@
-"""`msp denoise --gin_file FILE`: score and filter a workdir's generations, export them (cached stage)."""
+"""`msp denoise --gin_file FILE`: score and filter a workdir's generations, export them and publish the set as
+SeqIO tasks (cached stage)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ add_arguments = stage_command.add_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-  record = stage_command.make_run(args).denoise(force=args.force)
-  stage_command.print_synthetic_summary(record)
+  workflow_run = stage_command.make_run(args, ("denoise",))
+  synthetic = workflow_run.denoise(force=args.force, publish=stage_command.publish_synthetic)
+  stage_command.print_synthetic_summary(synthetic)
   return 0

@@ -11,6 +11,6 @@ add_arguments = stage_command.add_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-  record = stage_command.make_run(args).generate(force=args.force)
-  stage_command.print_json(record)
+  workflow_run = stage_command.make_run(args, ("generate",), force=args.force)
+  stage_command.print_json("generate", workflow_run.generate(force=args.force))
   return 0

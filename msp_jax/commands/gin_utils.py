@@ -64,13 +64,15 @@ def resolve_gin_file(name: str) -> str:
   raise ConfigError(f"gin file {name!r} not found (looked in . and {GIN_CONFIG_DIR})")
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses gin files + bindings; any gin error becomes a one-line ConfigError naming the file and line."""
+def parse_gin(files: Sequence[str], bindings: Sequence[str], defaults: Sequence[str] = ()) -> None:
+  """Parses `defaults`, then gin files, then bindings (a later binding of a name wins); any gin error becomes a
+  one-line ConfigError naming the file and line."""
   gin.clear_config()
   gin.add_config_file_search_path(str(GIN_CONFIG_DIR))
   paths = [resolve_gin_file(f) for f in files]
   try:
     with _quiet_include_probes():
+      gin.parse_config(list(defaults))
       gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=False)
   except (ValueError, KeyError, ImportError, SyntaxError, OSError) as e:
     raise ConfigError(describe_gin_error(e)) from None

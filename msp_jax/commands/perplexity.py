@@ -10,7 +10,8 @@ import json
 import math
 import pathlib
 
-from msp_jax.errors import DataError
+from msp_jax import files
+from msp_jax.errors import ConfigError, DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,20 +27,18 @@ def read_lines(path: pathlib.Path, paired: bool) -> tuple[list[str], list[str] |
   if not path.is_file():
     raise DataError(f"{path}: no such input file")
   texts, sources = [], []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      line = line.rstrip("\n")
-      if not line.strip():
-        continue
-      if paired:
-        if line.count("\t") != 1:
-          raise DataError(f"{path}:{number}: expected `input<TAB>target` (one tab) for an encoder-decoder "
-                          f"backbone, found {line.count(chr(9))} tabs")
-        source, text = line.split("\t")
-        sources.append(source)
-      else:
-        text = line
-      texts.append(text)
+  for number, line in files.text_lines(path):  # UTF-8 (a byte-order mark dropped), else one line naming the line
+    if not line.strip():
+      continue
+    if paired:
+      if line.count("\t") != 1:
+        raise DataError(f"{path}:{number}: expected `input<TAB>target` (one tab) for an encoder-decoder "
+                        f"backbone, found {line.count(chr(9))} tabs")
+      source, text = line.split("\t")
+      sources.append(source)
+    else:
+      text = line
+    texts.append(text)
   if not texts:
     raise DataError(f"{path}: no non-empty lines to score")
   return texts, (sources if paired else None)
@@ -47,8 +46,10 @@ def read_lines(path: pathlib.Path, paired: bool) -> tuple[list[str], list[str] |
 
 def run(args: argparse.Namespace) -> int:
   from msp_jax.backbones import load_backbone
-  from msp_jax.scoring import corpus_perplexity, score_texts
+  from msp_jax.synthesis.scoring import corpus_perplexity, score_texts
 
+  if args.batch_size < 1:
+    raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
   loaded = load_backbone(args.backbone, vocab=args.vocab)
   backbone = loaded.backbone
   texts, sources = read_lines(args.input, paired=backbone.is_encoder_decoder)

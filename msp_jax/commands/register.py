@@ -1,15 +1,17 @@
 """`msp register NAME --train FILE [--validation FILE] [--test FILE] [--ontology FILE] [--task KIND]`.
 
 Validates the files, copies them with a metadata file into `$MSP_HOME/domains/NAME` (default
-`~/.msp_jax/domains/NAME`, written atomically), and prints the SeqIO task names. Later processes see the
-domain through `import tasks` (SeqIO) and `msp_jax.data.catalog` (every command that loads data by name).
+`~/.msp_jax/domains/NAME`, swapped into place atomically), and prints the SeqIO task names. Later processes see
+the domain through `import tasks` (SeqIO) and `msp_jax.data.catalog` (every command that loads data by name).
+Benchmark names (and names starting like one) and the shipped example domains' names (`front_desk`) are refused,
+with or without `--overwrite`: the registry cannot shadow data msp-jax ships or reads from `$MSP_DATA_DIR`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-TASK_KINDS = ("multi_intent", "ner", "semantic_parse")
+from msp_jax.data.custom import TASK_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

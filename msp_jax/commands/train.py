@@ -16,6 +16,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  record = stage_command.make_run(args).train(force=True)
-  stage_command.print_json(record)
+  stage_command.print_json("train", stage_command.make_run(args, ("train",)).train(force=True))
   return 0

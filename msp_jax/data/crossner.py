@@ -7,7 +7,7 @@ an entity of the same type).
 Each sentence becomes an `Example` whose text is its tokens joined by single spaces and whose spans are
 the entities as character offsets into that text. The ontology holds every entity type of the domain's
 three files, sorted; each type is described as "<domain> <readable type>" (e.g. "politics political
-party"), which seeds its soft prompt (DESIGN: CrossNER prompts start from "<domain> <entity type>").
+party"), which seeds its soft prompt (docs/design.md, "Model input").
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ import csv
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterable
 
+from msp_jax import files
 from msp_jax.data import topv2
 from msp_jax.data.schema import Attribute, DomainData, Example, Ontology, Span, TaskKind
 from msp_jax.data.serialization import check_spans, span_sort_key
@@ -62,11 +63,9 @@ def read_ontology_file(path: str | os.PathLike, domain: str) -> Ontology:
   if not path.is_file():
     raise DataError(f"{path}: ontology file not found")
   try:
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(files.read_text(path))
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}: not UTF-8 text ({e})") from None
   if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), list):
     raise DataError(f"{path}: expected an object with an 'attributes' list")
   task = raw.get("task")
@@ -143,8 +142,9 @@ def _row_to_example(row: dict[str, Any], where: str, uid: str, domain: str) -> E
                  spans=tuple(sorted(spans, key=span_sort_key)))
 
 
-def _csv_rows(path: pathlib.Path, lines: list[str]):
-  """Yields (line number, row dict in the JSONL schema) from CSV lines; DataError on a bad cell."""
+def _csv_rows(path: pathlib.Path, lines: Iterable[str]):
+  """Yields (line number, row dict in the JSONL schema) from CSV lines (with their line ends); DataError on a
+  bad cell."""
   reader = csv.reader(lines)
   try:
     header = next(reader)
@@ -194,16 +194,13 @@ def _rows(path: pathlib.Path):
   """Yields (line number, decoded row or the DataError that row raises) for a JSONL or CSV file."""
   if not path.is_file():
     raise DataError(f"{path}: file not found")
-  try:
-    content = path.read_text(encoding="utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}: not UTF-8 text ({e})") from None
-  if not content.strip():
+  lines = list(files.text_lines(path, keep_ends=True))  # split at '\n' only, a UTF-8 byte-order mark dropped
+  if not any(line.strip() for _, line in lines):
     raise DataError(f"{path}: empty file (expected one example per line)")
   if path.suffix.lower() == ".csv":
-    yield from _csv_rows(path, content.splitlines(keepends=True))
+    yield from _csv_rows(path, (line for _, line in lines))
     return
-  for line_no, line in enumerate(content.splitlines(), start=1):
+  for line_no, line in lines:
     if not line.strip():
       continue
     try:
@@ -232,10 +229,11 @@ def _check_labels(example: Example, ontology: Ontology, where: str) -> None:
 
 
 def read_file(path: str | os.PathLike, *, domain: str, uid_prefix: str, ontology: Ontology | None = None,
-              skip_invalid: bool = False) -> tuple[tuple[Example, ...], int]:
+              skip_invalid: bool = False, require_parse: bool = False) -> tuple[tuple[Example, ...], int]:
   """One JSONL/CSV file -> (examples, number of rows skipped). Without `skip_invalid` the first bad row
   raises `DataError` (file, line, reason); with it, bad rows are counted and left out. A missing or empty
-  file, or one with no valid row, always raises."""
+  file, or one with no valid row, always raises. `require_parse` (task semantic_parse) makes a row without
+  a 'parse' a bad row."""
   path = pathlib.Path(path)
   examples: list[Example] = []
   skipped = 0
@@ -245,6 +243,8 @@ def read_file(path: str | os.PathLike, *, domain: str, uid_prefix: str, ontology
       if isinstance(row, DataError):
         raise row
       example = _row_to_example(row, where, f"{uid_prefix}/{len(examples)}", domain)
+      if require_parse and example.parse is None:
+        raise DataError(f"{where}: task semantic_parse needs a 'parse' (a TOP bracket string) in every row")
       if ontology is not None:
         _check_labels(example, ontology, where)
     except DataError:
@@ -315,17 +315,24 @@ def _read_custom(name, *, train, validation, test, ontology, task, skip_invalid:
   if onto is not None and task is not None and onto.task != task:
     raise DataError(f"{ontology}: task {onto.task!r} differs from the requested task {task!r}")
   domain = onto.domain if onto is not None else name
-  splits: dict[str, tuple[Example, ...]] = {}
-  skipped = 0
-  for split, path in (("train", train), ("validation", validation), ("test", test)):
-    if path is None:
-      continue
-    splits[split], n = read_file(path, domain=domain, uid_prefix=f"{name}/{split}", ontology=onto,
-                                 skip_invalid=skip_invalid)
-    skipped += n
+
+  def read_splits(require_parse: bool) -> tuple[dict[str, tuple[Example, ...]], int]:
+    splits, skipped = {}, 0
+    for split, path in (("train", train), ("validation", validation), ("test", test)):
+      if path is not None:
+        splits[split], n = read_file(path, domain=domain, uid_prefix=f"{name}/{split}", ontology=onto,
+                                     skip_invalid=skip_invalid, require_parse=require_parse)
+        skipped += n
+    return splits, skipped
+
+  known_task = task or (onto.task if onto is not None else None)
+  splits, skipped = read_splits(require_parse=known_task == "semantic_parse")
   if onto is None:
     examples = [e for split in splits.values() for e in split]
-    onto = infer_ontology(domain, task or infer_task(examples, any(e.parse for e in examples)), examples)
-  elif task is None:
-    task = onto.task
+    inferred = task or infer_task(examples, any(e.parse for e in examples))
+    if inferred == "semantic_parse" and not all(e.parse for e in examples):
+      # Some rows have a parse, so the task is semantic_parse: read again to name the rows without one.
+      splits, skipped = read_splits(require_parse=True)
+      examples = [e for split in splits.values() for e in split]
+    onto = infer_ontology(domain, inferred, examples)
   return DomainData(name=name, ontology=onto, splits=splits), skipped

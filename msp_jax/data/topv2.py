@@ -231,7 +231,7 @@ def read_topv2_file(path: str | os.PathLike, domain: str, *, uid_prefix: str) ->
 
 
 def label_description(label: str) -> str:
-  """'IN:GET_WEATHER' -> 'get weather' (DESIGN: the name with `_` as spaces seeds the prompt)."""
+  """'IN:GET_WEATHER' -> 'get weather': the description that seeds the label's prompt (docs/design.md)."""
   return label.split(":", 1)[1].replace("_", " ").lower()
 
 

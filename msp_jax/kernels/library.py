@@ -43,7 +43,7 @@ HEADERS = (FOLDER / "parallel_for.h",)
 TARGETS = {"msp_small_m_matmul": "MspSmallMMatmul", "msp_segment_attention": "MspSegmentAttention"}
 # Targets built only for some CPUs: target -> (handler symbol, the exported function that says whether it is).
 OPTIONAL_TARGETS = {"msp_bf16_matmul": ("MspBf16Matmul", "MspHasBf16Matmul")}
-FLAGS = ("-O3", "-march=native", "-std=gnu++17", "-shared", "-fPIC", "-w")
+FLAGS = ("-O3", "-march=native", "-std=gnu++17", "-shared", "-fPIC", "-w", "-Wno-psabi")
 
 _log = logging.getLogger(__name__)
 _state: dict[str, object] = {}  # "available": bool once decided, "library": the loaded CDLL, "error": why not

@@ -6,7 +6,7 @@
       download_config=tfds.download.DownloadConfig(manual_dir=BENCHMARK_DATA_ROOT))  # or no manual_dir
   ds = builder.as_dataset(split="validation")
 
-See `common.py` for the two sources (manual folder or public archive) and checksum registration.
+See `common.py` for the two sources (manual folder or the pinned public files) and their checksums.
 """
 
 from tasks.tfds_builders.crossner import Crossner

@@ -13,18 +13,17 @@ import tensorflow_datasets as tfds
 from msp_jax.data import crossner as crossner_reader
 from tasks.tfds_builders import common
 
-# zliucr/CrossNER at the commit the shared data was copied from.
+# zliucr/CrossNER at the commit the shared data was copied from; checksums.tsv lists its files.
 COMMIT = "2e7ba2a7798c961e3f29fbc51252c5a8d40224bf"
-URL = f"https://github.com/zliucr/CrossNER/archive/{COMMIT}.zip"
+SOURCE = f"https://github.com/zliucr/CrossNER/tree/{COMMIT}"
+FILES = common.pinned_files(pathlib.Path(__file__).with_name("checksums.tsv"))
 DOMAINS = ("politics", "science", "music", "literature", "ai", "conll2003")
 
 
 def download_root(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-  """Downloads and extracts the public archive; returns a data root holding `crossner/`."""
-  extracted = pathlib.Path(dl_manager.download_and_extract(URL))
-  # The archive holds CrossNER-<commit>/ner_data/; the reader wants <root>/crossner/ner_data/.
-  repo = common.find_dir_containing(extracted, "ner_data")
-  return common.link_as(pathlib.Path(dl_manager.download_dir) / "msp_layout", "crossner", repo)
+  """Downloads the pinned files (checked against checksums.tsv); returns a data root holding `crossner/`."""
+  return common.lay_out_pinned_files(dl_manager, FILES, pathlib.Path(dl_manager.download_dir) / "msp_layout",
+                                     "crossner")
 
 
 class Crossner(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
@@ -35,7 +34,8 @@ class Crossner(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=d, description=f"CrossNER {d}") for d in DOMAINS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Optional. Point manual_dir at a folder holding `crossner/ner_data/<domain>/{train,dev,test}.txt` "
-      f"(the layout of the benchmark data folder). Without it the public archive {URL} is downloaded.")
+      f"(the layout of the benchmark data folder). Without it the files of {SOURCE} are downloaded and "
+      "checked against checksums.tsv.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

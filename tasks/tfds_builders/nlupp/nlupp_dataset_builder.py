@@ -13,16 +13,17 @@ import tensorflow_datasets as tfds
 from msp_jax.data import nlupp as nlupp_reader
 from tasks.tfds_builders import common
 
-# PolyAI-LDN/task-specific-datasets at the commit the shared data was copied from.
+# PolyAI-LDN/task-specific-datasets at the commit the shared data was copied from; checksums.tsv lists its files.
 COMMIT = "57ec275d8078af65b7731c2a98be812d844a6d6b"
-URL = f"https://github.com/PolyAI-LDN/task-specific-datasets/archive/{COMMIT}.zip"
+SOURCE = f"https://github.com/PolyAI-LDN/task-specific-datasets/tree/{COMMIT}/nlupp"
+FILES = common.pinned_files(pathlib.Path(__file__).with_name("checksums.tsv"))
 DOMAINS = ("banking", "hotels")
 
 
 def download_root(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-  """Downloads and extracts the public archive; returns the data root holding `nlupp/`."""
-  extracted = pathlib.Path(dl_manager.download_and_extract(URL))
-  return common.find_dir_containing(extracted, "nlupp")  # The archive root has nlupp/ inside.
+  """Downloads the pinned files (checked against checksums.tsv); returns the data root holding `nlupp/`."""
+  return common.lay_out_pinned_files(dl_manager, FILES, pathlib.Path(dl_manager.download_dir) / "msp_layout",
+                                     "nlupp")
 
 
 class Nlupp(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
@@ -33,8 +34,8 @@ class Nlupp(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=d, description=f"NLU++ {d}") for d in DOMAINS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Optional. Point manual_dir at a folder holding `nlupp/data/{banking,hotels}/foldN.json` and "
-      "`nlupp/data/ontology.json` (the layout of the benchmark data folder). Without it the public "
-      f"archive {URL} is downloaded.")
+      "`nlupp/data/ontology.json` (the layout of the benchmark data folder). Without it the files of "
+      f"{SOURCE} are downloaded and checked against checksums.tsv.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

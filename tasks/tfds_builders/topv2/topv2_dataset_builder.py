@@ -14,16 +14,19 @@ import tensorflow_datasets as tfds
 from msp_jax.data import topv2 as topv2_reader
 from tasks.tfds_builders import common
 
-# The official release (v1.1); https://fb.me/TOPv2Dataset redirects here.
-URL = "https://dl.fbaipublicfiles.com/topv2/TOPv2_Dataset.zip"
+# The official release (v1.1, https://fb.me/TOPv2Dataset) is a zip with no version in its URL, so the files
+# come from a public mirror at a pinned commit; checksums.tsv lists them. Its main TSVs, README and LICENSE
+# match the official release's published SHA-256s.
+COMMIT = "63d6463e4ec505e52ef8f4c1e55b54228080f4f0"
+SOURCE = f"https://github.com/quocdat32461997/prompt-semantic-parsing/tree/{COMMIT}/datasets/TOPv2_Dataset"
+FILES = common.pinned_files(pathlib.Path(__file__).with_name("checksums.tsv"))
 DOMAINS = ("alarm", "event", "messaging", "music", "navigation", "reminder", "timer", "weather")
 
 
 def download_root(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-  """Downloads and extracts the public archive; returns a data root holding `topv2/`."""
-  extracted = pathlib.Path(dl_manager.download_and_extract(URL))
-  release = common.find_dir_containing(extracted, "weather_train.tsv")
-  return common.link_as(pathlib.Path(dl_manager.download_dir) / "msp_layout", "topv2", release)
+  """Downloads the pinned files (checked against checksums.tsv); returns a data root holding `topv2/`."""
+  return common.lay_out_pinned_files(dl_manager, FILES, pathlib.Path(dl_manager.download_dir) / "msp_layout",
+                                     "topv2")
 
 
 class Topv2(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
@@ -34,8 +37,8 @@ class Topv2(common.SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=d, description=f"TOPv2 {d}") for d in DOMAINS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Optional. Point manual_dir at a folder holding `topv2/<domain>_{train,eval,test}.tsv` and "
-      "`topv2/low_resource_splits/` (the layout of the benchmark data folder). Without it the official "
-      f"zip {URL} is downloaded.")
+      "`topv2/low_resource_splits/` (the layout of the benchmark data folder). Without it the files of "
+      f"{SOURCE} (TOPv2 v1.1) are downloaded and checked against checksums.tsv.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
