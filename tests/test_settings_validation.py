@@ -17,6 +17,8 @@ import os
 import pathlib
 import random
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -200,6 +202,19 @@ def test_more_model_replicas_than_devices_is_one_line_before_anything_loads(tmp_
   assert cli.main(["run", *TINY, "--workdir", str(tmp_path / "run"), f"--gin.msp.experiment.num_model={replicas}"]) == 2
   assert f"num_model={replicas} must be >= 1 and divide the device count" in _one_error_line(capsys)
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_one_line_before_training(tmp_path):
+  # Four simulated CPU devices: a separate process, since JAX fixes its devices when it starts.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-m", "msp_jax.cli", "run", *TINY, "--workdir", str(workdir),
+                         "--gin.msp.TrainConfig.batch_size=6"], capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: TrainConfig.batch_size=6 must be a multiple of the data-parallel size 4 (4 devices / "
+      "experiment.num_model=1)"]
+  assert not (workdir / "checkpoints").exists()
 
 
 def test_a_requested_combination_the_mixer_cannot_hold_is_refused_before_training(tmp_path, capsys):
