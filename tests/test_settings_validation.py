@@ -22,6 +22,7 @@ import sys
 
 import pytest
 
+import toy_domain
 from msp_jax import cli
 from msp_jax.commands import configurables, stage_command
 from msp_jax.commands.gin_utils import split_gin_flags
@@ -31,14 +32,7 @@ from msp_jax.run import cache, workflow
 from msp_jax.run.summaries import GenerateSummary
 from msp_jax.synthesis import generation
 
-# The tiny run of tests/test_workflow.py: quickstart.gin on the random Llama, small prompts, 8 new tokens.
-TINY = ["--gin_file", "runs/quickstart.gin", "--quiet",
-        "--gin.msp.experiment.backbone='random:llama-tiny'",
-        "--gin.msp.TrainConfig.steps=2", "--gin.msp.TrainConfig.eval_every=2",
-        "--gin.msp.MixtureConfig.prefix_length=2", "--gin.msp.MixtureConfig.attribute_length=2",
-        "--gin.msp.InputShapes.max_text_len=48", "--gin.msp.InputShapes.max_target_len=24",
-        "--gin.msp.GenerationSettings.target_count=6", "--gin.msp.SamplingConfig.max_new_tokens=8",
-        "--gin.msp.SamplingConfig.constrained=False"]
+TINY = toy_domain.TINY_RUN_FLAGS
 STAGE_COMMANDS = ["train", "generate", "denoise", "downstream", "run"]
 
 

@@ -18,19 +18,14 @@ import types
 
 import pytest
 
+import toy_domain
 from msp_jax import cli
 from msp_jax.data.schema import Example
 from msp_jax.run import cache
 from msp_jax.run.summaries import DenoiseSummary, GenerateSummary, SyntheticFiles
 from msp_jax.synthesis import export, generation
 
-TINY = ["--gin_file", "runs/quickstart.gin", "--quiet",
-        "--gin.msp.experiment.backbone='random:llama-tiny'",
-        "--gin.msp.TrainConfig.steps=2", "--gin.msp.TrainConfig.eval_every=2",
-        "--gin.msp.MixtureConfig.prefix_length=2", "--gin.msp.MixtureConfig.attribute_length=2",
-        "--gin.msp.InputShapes.max_text_len=48", "--gin.msp.InputShapes.max_target_len=24",
-        "--gin.msp.GenerationSettings.target_count=6", "--gin.msp.SamplingConfig.max_new_tokens=8",
-        "--gin.msp.SamplingConfig.constrained=False"]  # 8 tokens cannot hold a constrained example's labels
+TINY = toy_domain.TINY_RUN_FLAGS
 # Outputs take their seed's labels (the authors' mode), so text that does not parse is kept too.
 INHERIT = "--gin.msp.GenerationSettings.label_mode='inherit'"
 STAGES = ("train", "generate", "denoise", "downstream")

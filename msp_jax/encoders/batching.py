@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from msp_jax.errors import ConfigError
+from msp_jax.padding import pad_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,17 +54,6 @@ def _power_of_two_at_least(count: int) -> int:
   return size
 
 
-def pad(ids: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """token_ids [n, length] int32 (right padding with pad_id) and mask [n, length] int32; longer rows are cut."""
-  token_ids = np.full((len(ids), length), pad_id, np.int32)
-  mask = np.zeros((len(ids), length), np.int32)
-  for row, x in enumerate(ids):
-    x = x[:length]
-    token_ids[row, :len(x)] = x
-    mask[row, :len(x)] = 1
-  return token_ids, mask
-
-
 def padded_batches(ids: Sequence[Sequence[int]], *, batch_size: int, max_batch_tokens: int,
                    buckets: Sequence[int], pad_id: int) -> list[PaddedBatch]:
   """Length-bucketed padded batches (see the module docstring).
@@ -81,7 +71,7 @@ def padded_batches(ids: Sequence[Sequence[int]], *, batch_size: int, max_batch_t
     chunk = order[start:start + rows_cap]
     start += len(chunk)
     rows = min(_power_of_two_at_least(len(chunk)), rows_cap)
-    token_ids, mask = pad([ids[i] for i in chunk] + [[] for _ in range(rows - len(chunk))], length, pad_id)
+    token_ids, mask = pad_rows([ids[i] for i in chunk] + [[] for _ in range(rows - len(chunk))], length, pad_id)
     batches.append(PaddedBatch(chunk, token_ids, mask))
   return batches
 

@@ -23,6 +23,7 @@ from msp_jax.encoders.precision import default_matmul_dtype, matmul_params
 from msp_jax.encoders.wordpiece import WordPieceTokenizer
 from msp_jax.errors import ConfigError, MspError
 from msp_jax.kernels import segment_attention
+from msp_jax.padding import pad_rows
 
 # Padded lengths a batch may take. Steps of 2 tokens where short utterances (the denoiser's usual input) live:
 # on two CPU cores the forward pass is compute-bound, so padding is wasted time. On 8-49 token utterances,
@@ -109,7 +110,7 @@ class SentenceEncoder:
     ids = self.tokenizer.encode_batch(texts)
     if length is None:
       length = batching.bucket_length(max((len(x) for x in ids), default=1), self.buckets)
-    return batching.pad(ids, length, self.tokenizer.pad_id)
+    return pad_rows(ids, length, self.tokenizer.pad_id)
 
   def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
     """Unit-norm embeddings [n, hidden] float32, in the order of `texts`.
