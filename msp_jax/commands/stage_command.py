@@ -118,6 +118,10 @@ def print_json(stage: str, summary) -> None:
 
 def print_downstream_summary(summary: DownstreamSummary) -> None:
   """The downstream comparison table and where its report is."""
-  from msp_jax.evaluation import downstream
-  print(downstream.format_report(summary.report))
+  from msp_jax.evaluation import compare, downstream
+  from msp_jax.run import checks
+  if summary.report.get("model_kind", checks.FROZEN_EMBEDDINGS) == checks.FROZEN_EMBEDDINGS:  # older records
+    print(downstream.format_report(summary.report))
+  else:
+    print(compare.format_report(summary.report))
   print(f"report:          {summary.report_file}")

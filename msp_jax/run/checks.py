@@ -5,7 +5,7 @@ rewritten its outputs.
 The config classes check their own fields when built (`TrainConfig`, `MixtureConfig`, `GenerationSettings`,
 ...); what is here is what they leave to the step that uses it: the sampling values (checked by the decoder only
 when generation starts), the padded sizes, the device split, the synthetic set's name (checked when the set is
-published, after denoising has rewritten `synthetic/`) and the downstream repeats.
+published, after denoising has rewritten `synthetic/`) and the downstream settings.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from msp_jax.errors import ConfigError
 
 if TYPE_CHECKING:  # workflow imports this module
   from msp_jax.run.workflow import RunConfig
+
+# The downstream task models a run can train: end-to-end fine-tuned MiniLM for every task kind
+# (`evaluation.task_models`), or the fast classifier on frozen sentence embeddings, multi-intent domains only
+# (`evaluation.downstream`).
+FINE_TUNED, FROZEN_EMBEDDINGS = "fine_tuned", "frozen_embeddings"
+DOWNSTREAM_MODELS = (FINE_TUNED, FROZEN_EMBEDDINGS)
 
 
 def check_settings(config: RunConfig) -> None:
@@ -45,6 +51,12 @@ def check_settings(config: RunConfig) -> None:
   except ConfigError as error:
     raise ConfigError(f"synthetic_task: {error}") from None
   _whole(config.downstream_repeats, "downstream_evaluation.repeats", minimum=1)
+  if config.max_test_examples is not None:
+    _whole(config.max_test_examples, "downstream_evaluation.max_test_examples", minimum=1,
+           meaning="None scores the whole test split")
+  if config.downstream_model not in DOWNSTREAM_MODELS:
+    raise ConfigError(f"downstream_evaluation.model={config.downstream_model!r}: expected one of "
+                      f"{', '.join(map(repr, DOWNSTREAM_MODELS))}")
 
 
 def _check_devices(num_model: int, batch_size: int) -> None:

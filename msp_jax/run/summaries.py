@@ -76,5 +76,5 @@ class DenoiseSummary(_Summary):
 
 @dataclasses.dataclass(frozen=True)
 class DownstreamSummary(_Summary):
-  report: dict[str, Any]          # `downstream.compare_training_sets` (= report.json)
+  report: dict[str, Any]          # `compare.compare_training_sets` (= report.json), with its model_kind
   report_file: str

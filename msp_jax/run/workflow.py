@@ -8,7 +8,8 @@
   <workdir>/synthetic/seeds.jsonl                     the seed set they were generated from
   <workdir>/synthetic/metrics.json                    generated-data metrics (`msp_jax.synthesis.synthetic_metrics`)
   <workdir>/downstream/report.json                    task model trained on seed / seed + EDA / seed + MSP,
-                                                      scored on the test split (`msp_jax.evaluation.downstream`)
+                                                      scored on the test split (`msp_jax.evaluation.compare`)
+  <workdir>/downstream/<set>/seed<k>/predictions.jsonl   each fine-tuned model's test predictions
   <workdir>/stages/<stage>.json                       finished-stage records (what makes re-runs skip); their
                                                       summaries are `msp_jax.run.summaries`
 
@@ -35,8 +36,10 @@ from msp_jax.data import catalog
 from msp_jax.data.registry import SyntheticSet
 from msp_jax.data.schema import DomainData, Example
 from msp_jax.errors import ConfigError, DataError
-from msp_jax.evaluation import baselines, downstream
+from msp_jax.evaluation import baselines, compare, downstream
+from msp_jax.evaluation.task_models import TaskModelConfig
 from msp_jax.run import cache, checks
+from msp_jax.run.checks import FINE_TUNED, FROZEN_EMBEDDINGS
 from msp_jax.run.setup import (Experiment, Setup, load_prompts, load_setup, prompt_checkpoint_dir, seed_examples,
                                train_prompts)
 from msp_jax.run.summaries import (DenoiseSummary, DownstreamSummary, GenerateSummary, SyntheticFiles,
@@ -69,8 +72,12 @@ class RunConfig:
   denoise_weights: denoising.DenoiseWeights = denoising.DenoiseWeights()
   synthetic_task: str | None = None  # SeqIO name of the synthetic set; default '<task>_synthetic'
   fill_to_target: bool = True  # top up to target_count beyond per-seed quotas (denoising.denoise)
-  classifier: downstream.ClassifierConfig = downstream.ClassifierConfig()
-  downstream_repeats: int = 3  # classifier seeds per training set
+  downstream_model: str = FINE_TUNED  # one of checks.DOWNSTREAM_MODELS
+  task_model: TaskModelConfig = TaskModelConfig()  # the fine-tuned model's settings
+  classifier: downstream.ClassifierConfig = downstream.ClassifierConfig()  # the frozen-embedding classifier's
+  downstream_repeats: int = 3  # task-model seeds per training set
+  max_test_examples: int | None = None  # score on the test split's first N examples (quick runs); None: all
+  validation_split: str = "validation"  # the split the fine-tuned model is selected on (its test examples dropped)
 
   @property
   def workdir(self) -> pathlib.Path:
@@ -89,8 +96,12 @@ class RunConfig:
                               "fill_to_target": self.fill_to_target, "synthetic_task": self.synthetic_task_name})
 
   def downstream_fingerprint(self) -> str:
-    return cache.fingerprint({"denoise": self.denoise_fingerprint(), "classifier": self.classifier,
-                              "repeats": self.downstream_repeats})
+    if self.downstream_model == FROZEN_EMBEDDINGS:
+      model = {"classifier": self.classifier}
+    else:
+      model = {"model": self.downstream_model, "task_model": self.task_model, "validation": self.validation_split}
+    return cache.fingerprint({"denoise": self.denoise_fingerprint(), **model, "repeats": self.downstream_repeats,
+                              "max_test_examples": self.max_test_examples})
 
   @property
   def synthetic_task_name(self) -> str:
@@ -144,6 +155,8 @@ class Run:
     for example in examples:
       model_inputs.attribute_row_ids(example.attributes, ontology, c.mixture.max_attributes,
                                      where=f"example {example.uid}")
+    if "downstream" in stages and c.downstream_model == FINE_TUNED:
+      self.selection_examples(())  # the validation split exists
     if "generate" in stages and (force or cache.cached_record(c.workdir, "generate", c.generate_fingerprint())
                                  is None):
       self._check_generation_plan()
@@ -281,28 +294,48 @@ class Run:
   # -------------------------------------------------------------------------------------- downstream
   def downstream_skip_reason(self) -> str | None:
     """Why `msp run` leaves the downstream stage out for this domain (no task model for its kind), or None."""
-    return downstream.unsupported_reason(self.domain.ontology)
+    if self.config.downstream_model == FROZEN_EMBEDDINGS:
+      return downstream.unsupported_reason(self.domain.ontology)
+    return None
 
   def denoised(self) -> DenoiseSummary:
     """The summary of the denoise stage this configuration finished; ConfigError naming what to run if none."""
     return self._finished("denoise", self.config.denoise_fingerprint(), DenoiseSummary, "no denoised synthetic set")
 
+  def selection_examples(self, test: Sequence[Example]) -> list[Example]:
+    """The `validation_split` examples the fine-tuned model is selected on, less any test example (NLU++'s
+    reader scores on its validation folds: selecting on them would tune to the test set). Empty (train to
+    the last epoch) when nothing is left; ConfigError for a split the domain lacks."""
+    name = self.config.validation_split
+    if name not in self.domain.splits:
+      raise ConfigError(f"downstream_evaluation.validation_split={name!r}: domain {self.domain.name!r} has splits "
+                        f"{', '.join(sorted(self.domain.splits))}")
+    test_uids = {e.uid for e in test}
+    return [e for e in self.domain.splits[name] if e.uid not in test_uids]
+
   def downstream(self, force: bool = False) -> DownstreamSummary:
     out = self.config.workdir / DOWNSTREAM_DIR
 
     def compute():
-      from msp_jax.encoders import SentenceEncoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
-
-      denoised = self._finished("denoise", self.config.denoise_fingerprint(), DenoiseSummary,
-                                "no denoised synthetic set")
+      c = self.config
+      denoised = self._finished("denoise", c.denoise_fingerprint(), DenoiseSummary, "no denoised synthetic set")
       seeds = export.read_examples(denoised.files.seeds)
       synthetic = [r.example for r in export.read_jsonl(denoised.files.jsonl)]
-      test = list(self.domain.splits.get("test", ()))
-      report = downstream.compare_training_sets(
-          baselines.training_sets(seeds, synthetic, seed=self.config.classifier.seed), test, self.domain.ontology,
-          SentenceEncoder(), self.config.classifier, self.config.downstream_repeats)
-      files.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-      return DownstreamSummary(report=report, report_file=str(out / "report.json")), [out / "report.json"]
+      test = list(self.domain.splits.get("test", ()))[:c.max_test_examples]
+      if c.downstream_model == FROZEN_EMBEDDINGS:
+        from msp_jax.encoders import SentenceEncoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
+        report = downstream.compare_training_sets(
+            baselines.training_sets(seeds, synthetic, seed=c.classifier.seed), test, self.domain.ontology,
+            SentenceEncoder(), c.classifier, c.downstream_repeats)
+        outputs = []
+      else:
+        report = compare.compare_training_sets(
+            baselines.training_sets(seeds, synthetic, seed=c.task_model.seed), self.selection_examples(test), test,
+            self.domain.ontology, c.task_model, c.downstream_repeats, out_dir=out)
+        outputs = [out / run["predictions"] for row in report["sets"].values() for run in row["runs"]]
+      report = {"model_kind": c.downstream_model, **report}
+      report_file = compare.write_report(out, report)
+      return DownstreamSummary(report=report, report_file=str(report_file)), [report_file, *outputs]
     return self._stage("downstream", self.config.downstream_fingerprint(), DownstreamSummary, compute, force)
 
 

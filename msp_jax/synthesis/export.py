@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

@@ -21,14 +21,14 @@ import dataclasses
 import math
 import os
 import zlib
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from msp_jax import files
 from msp_jax.synthesis import constraints, decoding, export
+from msp_jax.synthesis.grammars import request_grammar
 from msp_jax.data import serialization
 from msp_jax.data.schema import Example, Ontology, attribute_frequency
 from msp_jax.errors import ConfigError, DataError
@@ -335,7 +335,7 @@ def request_grammars(backbone: Any, ontology: Ontology, requests: Sequence[Gener
   grammars, shortest = {}, {}
   for request in requests:
     where = f"generation request {list(request.attributes)} (seed {request.seed_uid!r})"
-    grammar = constraints.request_grammar(request.attributes, ontology, where=where)
+    grammar = request_grammar(request.attributes, ontology, where=where)
     if grammar not in shortest:
       shortest[grammar] = len(vocabulary.tokenize_bytes(grammar.closing_text("").encode("utf-8"))) + 1
     if shortest[grammar] > sampling.max_new_tokens:
