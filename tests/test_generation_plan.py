@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from msp_jax.synthesis import generation
 from msp_jax.data.schema import Attribute, Example, Ontology
@@ -31,8 +33,24 @@ def test_counts_and_over_generation():
   seeds = seeds_with({("common",): 8, ("rare",): 2})
   requests, keep = generation.plan_generation(seeds, ONTOLOGY, target_count=40, ratio=1.2)
   assert sum(keep.values()) == 40
+  assert sum(r.count for r in requests) == 48  # the ratio over the whole plan
   for r in requests:
-    assert r.count == math.ceil(keep[r.seed_uid] * 1.2)
+    assert keep[r.seed_uid] <= r.count <= math.ceil(keep[r.seed_uid] * 1.2)
+
+
+def test_many_small_requests_over_generate_by_the_ratio_not_by_rounding_up_each():
+  seeds = seeds_with({("common",): 30, ("rare",): 30, ("mid",): 30})
+  requests, keep = generation.plan_generation(seeds, ONTOLOGY, target_count=50, ratio=1.2, novel_combinations=3)
+  assert all(k == 1 for k in keep.values())  # 50 kept over 90 seeds: one each (per-request ceil would ask 2)
+  assert sum(r.count for r in requests) == 60
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=30), st.floats(1.0, 5.0))
+def test_generation_counts_reach_the_ratio_exactly_and_never_ask_fewer_than_kept(kept, ratio):
+  counts = generation.generation_counts(kept, ratio)
+  assert counts.sum() == math.ceil(round(sum(kept) * ratio, 9))
+  assert all(c >= k for c, k in zip(counts, kept)) and all(c == 0 for c, k in zip(counts, kept) if k == 0)
 
 
 def test_rebalancing_raises_the_share_of_rare_attributes():

@@ -129,6 +129,17 @@ def _largest_remainder(weights: np.ndarray, total: int, minimum: int) -> np.ndar
   return counts + minimum
 
 
+def generation_counts(kept: Sequence[int], ratio: float) -> np.ndarray:
+  """Generations per request [n]: each request's kept count plus its share of the over-generation, the total
+  ceil(sum(kept) * ratio) exactly. (A per-request ceil(kept * ratio) would ask 2 for every request that keeps 1,
+  doubling a 1.2 ratio on a plan of many small requests.)"""
+  kept = np.asarray(kept, dtype=int)
+  spare = math.ceil(round(kept.sum() * ratio, 9)) - int(kept.sum())
+  if spare <= 0 or not kept.any():
+    return kept
+  return kept + _largest_remainder(kept.astype(float), spare, minimum=0)
+
+
 def check_combinations(combinations: Sequence[Sequence[str]], ontology: Ontology) -> None:
   """ConfigError naming the first requested attribute that the ontology lacks (or an empty combination)."""
   for i, combination in enumerate(combinations):
@@ -147,14 +158,14 @@ def plan_combinations(seeds: Sequence[Example], ontology: Ontology, combinations
   check_combinations(combinations, ontology)
   seen = {s.attributes for s in seeds}
   keep_counts = _largest_remainder(np.ones(len(combinations)), target_count, minimum=0)
+  counts = generation_counts(keep_counts, ratio)
   requests, keep = [], {}
-  for combination, kept in zip(combinations, keep_counts):
+  for combination, kept, count in zip(combinations, keep_counts, counts):
     if kept == 0:
       continue
     combination = tuple(sorted(set(combination)))
     anchor = max(seeds, key=lambda s: len(set(s.attributes) & set(combination)))
-    requests.append(GenerationRequest(anchor.uid, combination, math.ceil(kept * ratio),
-                                      novel=combination not in seen))
+    requests.append(GenerationRequest(anchor.uid, combination, int(count), novel=combination not in seen))
     keep[anchor.uid] = keep.get(anchor.uid, 0) + int(kept)
   return requests, keep
 
@@ -163,7 +174,8 @@ def plan_generation(seeds: Sequence[Example], ontology: Ontology, *, target_coun
                     rebalance: bool = True, novel_combinations: int = 0, seed: int = 0,
                     combinations: Sequence[Sequence[str]] = ()
                     ) -> tuple[list[GenerationRequest], dict[str, int]]:
-  """Requests whose kept totals reach `target_count`; each asks for ceil(kept * ratio) generations.
+  """Requests whose kept totals reach `target_count`, ceil(target_count * ratio) generations in all
+  (`generation_counts`).
 
   Returns (requests, keep): `keep[seed_uid]` is how many examples to keep for that request's seed after
   denoising. Seeds are weighted by the mean inverse frequency of their attributes when `rebalance`.
@@ -186,16 +198,17 @@ def plan_generation(seeds: Sequence[Example], ontology: Ontology, *, target_coun
   n_novel = min(novel_combinations, target_count)
   keep_counts = _largest_remainder(weights, target_count - n_novel, minimum=0)
   keep = {s.uid: int(k) for s, k in zip(seeds, keep_counts) if k > 0}
-  requests = [GenerationRequest(s.uid, s.attributes, math.ceil(k * ratio))
-              for s, k in zip(seeds, keep_counts) if k > 0]
-  for request in novel_requests(seeds, n_novel, ratio, seed):
+  requests = [GenerationRequest(s.uid, s.attributes, int(k)) for s, k in zip(seeds, keep_counts) if k > 0]
+  for request in novel_requests(seeds, n_novel, seed):
     requests.append(request)
     keep[request.seed_uid] = keep.get(request.seed_uid, 0) + 1
-  return requests, keep
+  counts = generation_counts([r.count for r in requests], ratio)
+  return [dataclasses.replace(r, count=int(c)) for r, c in zip(requests, counts)], keep
 
 
-def novel_requests(seeds: Sequence[Example], count: int, ratio: float, seed: int) -> list[GenerationRequest]:
-  """`count` combinations absent from the seed set: a seed's attributes plus one intent/label of another.
+def novel_requests(seeds: Sequence[Example], count: int, seed: int) -> list[GenerationRequest]:
+  """`count` combinations absent from the seed set: a seed's attributes plus one intent/label of another, one
+  generation each (before over-generation).
 
   Each is anchored on the seed it extends (its exemplar and similarity reference).
   """
@@ -212,7 +225,7 @@ def novel_requests(seeds: Sequence[Example], count: int, ratio: float, seed: int
     if combo in seen:
       continue
     seen.add(combo)
-    requests.append(GenerationRequest(base.uid, combo, math.ceil(ratio), novel=True))
+    requests.append(GenerationRequest(base.uid, combo, 1, novel=True))
   return requests
 
 
