@@ -28,11 +28,14 @@ COMMANDS = {
     "denoise": ("denoise", "score and filter synthetic examples"),
     "downstream": ("downstream", "train the task model on seed / seed + EDA / seed + synthetic data, score it"),
     "run": ("run", "train -> generate -> denoise -> export -> downstream from one gin file"),
+    "experiment": ("experiment", "the experiment matrix (domains x methods x seeds x repeats) and its report"),
+    "report": ("report", "re-render an experiment's report from its results.json"),
 }
 
 
 # Commands that read or write through TensorFlow (SeqIO tasks, TFDS, TFRecord), imported up front quietly.
-USES_TENSORFLOW = {"data-stats", "download", "register", "train", "generate", "denoise", "downstream", "run"}
+USES_TENSORFLOW = {"data-stats", "download", "register", "train", "generate", "denoise", "downstream", "run",
+                   "experiment"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -185,6 +185,23 @@ def test_compare_writes_predictions_per_model_and_the_report_recomputes_from_the
   assert f"{report['sets']['seed + EDA']['mean']['entity_f1']:.1f}" in table
 
 
+def test_the_seed_only_model_does_not_move_with_the_other_training_sets(encoder, tmp_path):
+  seeds, validation, test = ner_examples(24, 5), ner_examples(8, 7), ner_examples(12, 8)
+  longer = [dataclasses.replace(e, uid=f"long/{e.uid}", text=e.text + " and " + " ".join(FILLER))
+            for e in ner_examples(20, 6)]
+  config = dataclasses.replace(FAST, max_epochs=2, dropout=0.1)
+  alone = compare.compare_training_sets({"seed only": seeds}, validation, test, NER, config, repeats=1,
+                                        out_dir=tmp_path / "a", encoder=encoder)
+  beside = compare.compare_training_sets({"seed only": seeds, "seed + long": seeds + longer}, validation, test,
+                                         NER, config, repeats=1, out_dir=tmp_path / "b", encoder=encoder)
+  assert (tmp_path / "a/seed_only/seed0/predictions.jsonl").read_bytes() == \
+         (tmp_path / "b/seed_only/seed0/predictions.jsonl").read_bytes()
+  assert alone["sets"]["seed only"]["runs"][0]["scores"] == beside["sets"]["seed only"]["runs"][0]["scores"]
+  buckets = compare.shared_buckets({"s": seeds, "l": seeds + longer}, validation, test, LabelSpace.of(NER),
+                                   encoder, 2)
+  assert len(buckets) == 3 and buckets[-1] % 8 == 0  # one more bucket for the longer set
+
+
 def test_the_table_shows_the_task_scores_and_the_topv2_ceiling():
   report = {"task": "semantic_parse", "domain": "weather", "test_examples": 3, "repeats": 1,
             "ceiling": {"parses": 3.0, "nested": 1.0, "ceiling": 66.67},

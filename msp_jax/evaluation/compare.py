@@ -63,9 +63,7 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], validatio
   for name, examples in training_sets.items():
     space.check(examples, f"{name!r} training")
   encoder = encoder or minilm()
-  # One set of bucket lengths for every model, so they all share the same compiled steps.
-  everything = [e for examples in training_sets.values() for e in examples] + list(validation) + list(test)
-  buckets = bucket_lengths(encode(everything, space, encoder.tokenizer).lengths, config.max_buckets)
+  buckets = shared_buckets(training_sets, validation, test, space, encoder, config.max_buckets)
   out_dir = pathlib.Path(out_dir)
   report: dict = {"task": ontology.task, "domain": ontology.domain, "test_examples": len(test),
                   "validation_examples": len(validation), "repeats": repeats, "model": dataclasses.asdict(config),
@@ -90,6 +88,28 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], validatio
         "std": {k: float(np.std([r["scores"][k] for r in runs])) for k in keys},
         "runs": runs}
   return report
+
+
+def shared_buckets(training_sets: dict[str, Sequence[Example]], validation: Sequence[Example],
+                   test: Sequence[Example], space: LabelSpace, encoder: PretrainedEncoder,
+                   max_buckets: int) -> tuple[int, ...]:
+  """One set of padded lengths for every model, so they all share the same compiled steps: the best
+  `max_buckets` for the examples every training set holds (the seeds) with validation and test, plus one
+  longer bucket (a multiple of 8) when another set's examples outgrow them.
+
+  A seed-only model then pads, batches and draws its dropout masks the same way whatever the synthetic sets
+  hold, so its scores do not move with them (the comparison stays paired).
+  """
+  sets = list(training_sets.values())
+  common = set.intersection(*({e.uid for e in examples} for examples in sets)) if sets else set()
+  shared = [e for e in sets[0] if e.uid in common] if sets else []
+  base = bucket_lengths(encode(shared + list(validation) + list(test), space, encoder.tokenizer).lengths,
+                        max_buckets) if shared or validation or test else ()
+  longest = max((int(encode(examples, space, encoder.tokenizer).lengths.max()) for examples in sets if examples),
+                default=0)
+  if not base or longest > base[-1]:
+    return base + (-(-longest // 8) * 8,)
+  return base
 
 
 def write_report(out_dir: str | os.PathLike, report: dict) -> pathlib.Path:
