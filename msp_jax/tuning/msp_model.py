@@ -28,6 +28,9 @@ INSTRUCTION = "Show me three distinct utterances that all express the"
 
 
 GROUPINGS = ("auto", "kind", "none")
+# `MixtureConfig.mixer` of a model without attribute prompts: the instruction prefix is the whole soft prompt (the
+# paper's prompt-tuning baseline, and with an untrained prefix of the instruction's own tokens, its in-context one).
+NO_ATTRIBUTE_PROMPTS = "none"
 # Attribute kinds in the order their groups' mixed prompts are concatenated (grouping 'kind').
 KIND_ORDER = ("intent", "slot", "entity")
 
@@ -35,6 +38,9 @@ KIND_ORDER = ("intent", "slot", "entity")
 @dataclasses.dataclass(frozen=True)
 class MixtureConfig:
   """Soft prompt sizes and the mixer. Paper: prefix 100 tokens, 20 per attribute.
+
+  `mixer='none'` (`NO_ATTRIBUTE_PROMPTS`) leaves the attribute prompts and the mixer out: the soft prompt is the
+  prefix alone, one prompt for the whole domain (the attributes are still named in the template's text).
 
   `grouping` says which attributes are mixed together (paper: TOPv2 mixes intents and slots separately and
   concatenates the two mixed prompts):
@@ -65,6 +71,8 @@ class MixtureConfig:
     if self.grouping not in GROUPINGS:
       raise ConfigError(f"MixtureConfig.grouping={self.grouping!r} must be one of {', '.join(GROUPINGS)}")
     # An unknown mixer or option fails here, before any data or backbone is loaded.
+    if self.mixer == NO_ATTRIBUTE_PROMPTS:
+      return
     try:
       mixers.make_mixer(self.mixer, max_attributes=self.max_attributes, **dict(self.mixer_options))
     except ConfigError as e:
@@ -72,8 +80,10 @@ class MixtureConfig:
 
 
 def attribute_groups(ontology: Ontology, config: MixtureConfig) -> tuple[int, ...] | None:
-  """The mixer group of each ontology row [n_attributes] (None: one mixer over all attributes)."""
+  """The mixer group of each ontology row [n_attributes] (None: one mixer over all attributes, or none)."""
   grouping = config.grouping
+  if config.mixer == NO_ATTRIBUTE_PROMPTS:
+    return None
   if grouping == "auto":
     grouping = "kind" if ontology.task == "semantic_parse" else "none"
   if grouping == "none":
@@ -98,6 +108,8 @@ class SoftPrompts(nn.Module):
   def setup(self):
     cfg = self.config
     self.prefix = prompts.InstructionPrefix(length=cfg.prefix_length, embed_dim=self.embed_dim)
+    if cfg.mixer == NO_ATTRIBUTE_PROMPTS:
+      return
     self.table = prompts.AttributePrompts(num_attributes=self.num_attributes, length=cfg.attribute_length,
                                           embed_dim=self.embed_dim)
     options = dict(max_attributes=cfg.max_attributes, **dict(cfg.mixer_options))
@@ -111,17 +123,21 @@ class SoftPrompts(nn.Module):
 
   def __call__(self, attribute_ids: jax.Array, attribute_mask: jax.Array,
                context: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """attribute_ids/mask [batch, A], context [batch, H] -> ([batch, P0 + P_mix, H], [batch, P0 + P_mix])."""
+    """attribute_ids/mask [batch, A], context [batch, H] -> ([batch, P0 + P_mix, H], [batch, P0 + P_mix])
+    (P_mix = 0 without attribute prompts)."""
+    batch = attribute_ids.shape[0]
+    prefix = jnp.broadcast_to(self.prefix()[None], (batch,) + (self.config.prefix_length, self.embed_dim))
+    prefix_mask = jnp.ones((batch, self.config.prefix_length), jnp.int32)
+    if self.config.mixer == NO_ATTRIBUTE_PROMPTS:
+      return prefix, prefix_mask
     attribute_prompts = self.table(attribute_ids)                       # [batch, A, P, H]
     if self.attribute_groups is None:
       mixed, mixed_mask = self.mixer(attribute_prompts, attribute_mask, context=context)
     else:
       groups = jnp.asarray(self.attribute_groups, jnp.int32)[attribute_ids]  # [batch, A]
       mixed, mixed_mask = self.mixer(attribute_prompts, attribute_mask, context=context, groups=groups)
-    batch = attribute_ids.shape[0]
-    prefix = jnp.broadcast_to(self.prefix()[None], (batch,) + (self.config.prefix_length, self.embed_dim))
     prompt = jnp.concatenate([prefix.astype(mixed.dtype), mixed], axis=1)
-    mask = jnp.concatenate([jnp.ones((batch, self.config.prefix_length), mixed_mask.dtype), mixed_mask], axis=1)
+    mask = jnp.concatenate([prefix_mask.astype(mixed_mask.dtype), mixed_mask], axis=1)
     return prompt, mask
 
 
@@ -164,6 +180,8 @@ class MspModel:
                                             vocab_size=embedding.shape[0], rng=np.random.default_rng(vocab_seed))
     params = dict(params)
     params["prefix"] = prompts.set_prompt(params["prefix"], embedding[prefix_ids])
+    if cfg.mixer == NO_ATTRIBUTE_PROMPTS:
+      return params
     params["table"] = prompts.set_prompt(params["table"], embedding[table_ids])
     return params
 

@@ -1,0 +1,70 @@
+"""Does a task model reproduce a synthetic example's labels: the consistency filter (PromDA's: drop synthetic
+examples whose labels a model trained on the seeds alone contradicts) and the correctness metric (the share of
+kept examples an oracle model, trained on the domain's non-test data, reproduces) both ask this.
+
+A model *reproduces* an example's labels when it predicts, for the labels a flat task model can write:
+
+  multi_intent    the same set of intents
+  ner             the same multiset of (start, end, type) entity spans
+  semantic_parse  the same root intent and the same slots under the root (start, end, label); a nested parse's
+                  inner structure is beyond the flat model (`evaluation.topv2_parse`), so it is not compared
+
+`predicted` objects are `evaluation.predictions.labels` dicts, as `task_models.predict` returns them.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Sequence, TypeVar
+
+from msp_jax.data.schema import Example, TaskKind
+
+T = TypeVar("T")
+
+
+def _spans(spans) -> collections.Counter:
+  return collections.Counter((int(s[0]), int(s[1]), str(s[2])) for s in spans)
+
+
+def reproduces(example: Example, predicted: dict, task: TaskKind) -> bool:
+  """Whether `predicted` (a `predictions.labels` dict) carries `example`'s labels (module docstring)."""
+  gold_spans = _spans((s.start, s.end, s.label) for s in example.spans)
+  if task == "multi_intent":
+    return set(example.intents) == set(predicted["intents"])
+  if task == "ner":
+    return gold_spans == _spans(predicted["spans"])
+  root = lambda intents: intents[0] if intents else None  # noqa: E731
+  return root(list(example.intents)) == root(list(predicted["intents"])) and gold_spans == _spans(predicted["spans"])
+
+
+def correctness(examples: Sequence[Example], predicted: Sequence[dict], task: TaskKind) -> dict:
+  """{'examples', 'reproduced', 'correctness' (percent; None without examples)}: how many of `examples` the
+  model's `predicted` labels reproduce."""
+  if len(examples) != len(predicted):
+    raise ValueError(f"{len(examples)} examples but {len(predicted)} predictions")
+  hits = sum(reproduces(e, p, task) for e, p in zip(examples, predicted))
+  return {"examples": len(examples), "reproduced": hits,
+          "correctness": 100.0 * hits / len(examples) if examples else None}
+
+
+def consistent_fill(ranked: Sequence[T], agrees: Sequence[bool], target: int, kept_set_size: int
+                    ) -> tuple[list[T], dict[str, int]]:
+  """The first `target` items of `ranked` (the denoiser's kept set, its first `kept_set_size` items, then the
+  other candidates best first) whose labels the seed model does not contradict (`agrees[i]`).
+
+  Returns (kept, {'contradicted_in_kept_set', 'contradicted_in_fill', 'filled', 'short_of_target'}).
+  """
+  if len(ranked) != len(agrees):
+    raise ValueError(f"{len(ranked)} candidates but {len(agrees)} agreement flags")
+  kept, counts = [], {"contradicted_in_kept_set": 0, "contradicted_in_fill": 0, "filled": 0}
+  for i, (item, ok) in enumerate(zip(ranked, agrees)):
+    if len(kept) == target:
+      break
+    in_kept_set = i < kept_set_size
+    if not ok:
+      counts["contradicted_in_kept_set" if in_kept_set else "contradicted_in_fill"] += 1
+      continue
+    kept.append(item)
+    counts["filled"] += 0 if in_kept_set else 1
+  counts["short_of_target"] = target - len(kept)
+  return kept, counts

@@ -1,0 +1,211 @@
+"""The experiment's report from `results.json` alone (nothing is recomputed): `report.md`, a self-contained
+`report.html` (its PNG plots embedded as data URIs) and the plots as files under `plots/`.
+
+Plots (matplotlib, Agg backend): per-domain bars of the main score with std error bars; diversity (Distinct@2)
+against correctness per generated method; the yield funnel generated -> parsed -> candidates -> kept per
+generated method; the mixer ablation.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import pathlib
+
+from msp_jax import files
+from msp_jax.evaluation.compare import SCORE_TITLES
+
+PLOTS_DIR = "plots"
+
+
+def _fmt(stats: dict | None) -> str:
+  return "–" if not stats else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
+def _num(value, digits: int = 3) -> str:
+  return "–" if value is None else f"{value:.{digits}f}"
+
+
+def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
+  """(title, header, rows, note) of every table of the report."""
+  out = []
+  for name, entry in results["domains"].items():
+    names = entry["score_names"]
+    header = ["method", "runs", *[SCORE_TITLES.get(n, n) + (" (main)" if n == entry["main_score"] else "")
+                                  for n in names]]
+    rows = [[row["title"], str(len(row["runs"])), *[_fmt(row["scores"].get(n)) for n in names]]
+            for row in entry["rows"].values()]
+    sizes = entry["sizes"]
+    note = (f"{entry['protocol']}. {sizes['seed']} seed, {sizes['validation']} validation, {sizes['test']} test "
+            f"examples; synthetic sets of {entry['synthetic_target']}. Mean ± std over generation seeds x "
+            "downstream repeats, percent.")
+    out.append((f"{name}: downstream scores", header, rows, note))
+    generated = [(row["title"], row["generated"]) for row in entry["rows"].values() if "generated" in row]
+    if generated:
+      header = ["method", "distinct-1", "distinct-2", "distinct-3", "correctness %", "perplexity",
+                "generated", "parsed", "candidates", "kept", "dropped (reason: count)"]
+      rows = [[title, *[_num(g["distinct"][f"distinct_{k}"]) for k in (1, 2, 3)], _num(g["correctness"], 1),
+               _num(g["perplexity"], 1), *[str(g["funnel"][k]) for k in ("generated", "parsed", "candidates", "kept")],
+               ", ".join(f"{k}: {v}" for k, v in sorted(g["dropped"].items()) if v)] for title, g in generated]
+      seed = generated[0][1]
+      note = (f"Distinct@k on equal-size samples ({_num(seed['sample_size'], 0)} texts; the seed set's own: "
+              f"{' / '.join(_num(seed['seed_distinct'][f'distinct_{k}']) for k in (1, 2, 3))}); correctness: share "
+              f"of kept examples whose labels the oracle model ({sizes['oracle_train']} non-test examples) "
+              f"reproduces; perplexity under the backbone (seed set: {_num(seed['seed_perplexity'], 1)}). Funnel "
+              "counts are summed over generation seeds.")
+      out.append((f"{name}: generated data", header, rows, note))
+    if entry["comparisons"]:
+      header = ["method", "baseline", "difference", "95% interval", "includes 0"]
+      titles = {k: row["title"] for k, row in entry["rows"].items()}
+      rows = [[titles[c["method"]], titles[c["baseline"]], f"{c['difference']:+.2f}",
+               f"[{c['low']:+.2f}, {c['high']:+.2f}]", "yes" if c["includes_zero"] else "no"]
+              for c in entry["comparisons"]]
+      first = entry["comparisons"][0]
+      note = (f"Paired bootstrap over the {first['examples']} test examples ({first['samples']} resamples, seed "
+              f"{first['seed']}) of the {SCORE_TITLES.get(first['score'], first['score'])} difference, each side "
+              "averaged over its runs. Where the interval includes 0, the data do not show a difference.")
+      out.append((f"{name}: paired differences", header, rows, note))
+  ablation = results.get("ablation")
+  if ablation and ablation["domain"] in results["domains"]:
+    entry = results["domains"][ablation["domain"]]
+    main = entry["main_score"]
+    rows = [[entry["rows"][r]["mixer"], str(len(entry["rows"][r]["runs"])), _fmt(entry["rows"][r]["scores"].get(main))]
+            for r in ablation["rows"] if r in entry["rows"]]
+    out.append((f"mixer ablation ({ablation['domain']})", ["mixer", "runs", SCORE_TITLES.get(main, main)], rows,
+                "seed + MSP with each mixer; mean ± std, percent."))
+  return out
+
+
+def plots(results: dict) -> dict[str, bytes]:
+  """file name -> PNG bytes of every plot (module docstring)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  def png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+  out = {}
+  domains = list(results["domains"].items())
+  if not domains:
+    return out
+  fig, axes = plt.subplots(1, len(domains), figsize=(5.2 * len(domains), 4.2), squeeze=False)
+  for ax, (name, entry) in zip(axes[0], domains):
+    rows = [(row["title"], row["scores"].get(entry["main_score"])) for row in entry["rows"].values()]
+    rows = [(t, s) for t, s in rows if s]
+    ax.bar(range(len(rows)), [s["mean"] for _, s in rows], yerr=[s["std"] for _, s in rows], capsize=4,
+           color="#4C72B0")
+    ax.set_xticks(range(len(rows)), [t.replace("seed + ", "+") for t, _ in rows], rotation=35, ha="right")
+    ax.set_title(name)
+    ax.set_ylabel(SCORE_TITLES.get(entry["main_score"], entry["main_score"]) + " (%)")
+  out["scores.png"] = png(fig)
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  markers = "osD^v<>p*"
+  for i, (name, entry) in enumerate(domains):
+    for title, g in ((row["title"], row["generated"]) for row in entry["rows"].values() if "generated" in row):
+      if g["correctness"] is not None:
+        axes[0].scatter(g["distinct"]["distinct_2"], g["correctness"], marker=markers[i % len(markers)], s=50)
+        axes[0].annotate(f"{name}: {title.replace('seed + ', '')}", (g["distinct"]["distinct_2"], g["correctness"]),
+                         fontsize=7, xytext=(3, 3), textcoords="offset points")
+  axes[0].set_xlabel("Distinct@2 (equal-size sample)")
+  axes[0].set_ylabel("correctness (%)")
+  axes[0].set_title("diversity vs correctness")
+  stages = ("generated", "parsed", "candidates", "kept")
+  labels, width = [], 0.8 / len(stages)
+  for j, (label, funnel) in enumerate((f"{n}: {row['title'].replace('seed + ', '')}", row["generated"]["funnel"])
+                                      for n, e in domains for row in e["rows"].values() if "generated" in row):
+    labels.append(label)
+    for k, stage in enumerate(stages):
+      axes[1].bar(j + k * width, funnel[stage], width, color=f"C{k}", label=stage if j == 0 else None)
+  axes[1].set_xticks([j + 0.3 for j in range(len(labels))], labels, rotation=40, ha="right", fontsize=7)
+  axes[1].set_title("yield funnel")
+  axes[1].legend(fontsize=7)
+  out["generated.png"] = png(fig)
+
+  ablation = results.get("ablation")
+  if ablation and ablation["domain"] in results["domains"]:
+    entry = results["domains"][ablation["domain"]]
+    rows = [(entry["rows"][r]["mixer"], entry["rows"][r]["scores"].get(entry["main_score"]))
+            for r in ablation["rows"] if r in entry["rows"]]
+    rows = [(m, s) for m, s in rows if s]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.bar(range(len(rows)), [s["mean"] for _, s in rows], yerr=[s["std"] for _, s in rows], capsize=4,
+           color="#55A868")
+    ax.set_xticks(range(len(rows)), [m for m, _ in rows])
+    ax.set_title(f"mixer ablation, {ablation['domain']}")
+    ax.set_ylabel(SCORE_TITLES.get(entry["main_score"], entry["main_score"]) + " (%)")
+    out["ablation.png"] = png(fig)
+  return out
+
+
+def _headline(results: dict) -> list[str]:
+  lines = []
+  for name, entry in results["domains"].items():
+    for c in entry["comparisons"]:
+      if c["method"] == entry["msp_row"]:
+        verdict = "includes 0: no difference shown" if c["includes_zero"] else "excludes 0"
+        lines.append(f"{name}: {entry['rows'][c['method']]['title']} - {entry['rows'][c['baseline']]['title']} = "
+                     f"{c['difference']:+.2f} points, 95% interval [{c['low']:+.2f}, {c['high']:+.2f}] ({verdict})")
+  if results.get("missing"):
+    lines.append(f"{len(results['missing'])} cell(s) not finished: {', '.join(results['missing'][:6])}")
+  return lines
+
+
+def markdown(results: dict) -> str:
+  parts = ["# msp experiment report", ""]
+  if results.get("command"):
+    parts += [f"Command: `{results['command']}`", ""]
+  parts += [f"- {line}" for line in _headline(results)] + [""]
+  for title, header, rows, note in tables(results):
+    parts += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    parts += ["| " + " | ".join(r) + " |" for r in rows]
+    parts += ["", note, ""]
+  parts += [f"![{name}]({PLOTS_DIR}/{name})" for name in plots_order(results)] + [""]
+  return "\n".join(parts)
+
+
+def plots_order(results: dict) -> list[str]:
+  names = ["scores.png", "generated.png"]
+  return names + (["ablation.png"] if results.get("ablation") else [])
+
+
+def html_page(results: dict, images: dict[str, bytes]) -> str:
+  e = html.escape
+  body = ["<h1>msp experiment report</h1>"]
+  if results.get("command"):
+    body.append(f"<p>Command: <code>{e(results['command'])}</code></p>")
+  body.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in _headline(results)) + "</ul>")
+  for title, header, rows, note in tables(results):
+    body.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+    body += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+    body.append(f"</table><p class='note'>{e(note)}</p>")
+  for name, data in images.items():
+    body.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+                f"<figcaption>{e(name)}</figcaption></figure>")
+  style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:"
+           "collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,"
+           "th:first-child{text-align:left}.note{color:#555;font-size:90%}img{max-width:100%}")
+  return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>msp experiment report</title><style>{style}"
+          f"</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def render(results: dict, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
+  """Writes report.md, report.html and plots/*.png under `out_dir` (atomically); returns their paths."""
+  out_dir = pathlib.Path(out_dir)
+  images = plots(results)
+  written = {}
+  for name, data in images.items():
+    path = out_dir / PLOTS_DIR / name
+    with files.atomic_path(path) as temporary:
+      temporary.write_bytes(data)
+    written[name] = path
+  files.atomic_write_text(out_dir / "report.md", markdown(results))
+  files.atomic_write_text(out_dir / "report.html", html_page(results, images))
+  written["report.md"], written["report.html"] = out_dir / "report.md", out_dir / "report.html"
+  return written

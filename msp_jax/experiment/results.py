@@ -1,0 +1,197 @@
+"""`results.json`: every figure of the experiment, every predictions file, every setting, and the wall time of
+each stage, computed from the cells' files.
+
+  {"command", "settings": {"matrix", "run"}, "cells": [{"domain", "method", "generation_seed", "dir", "seconds":
+   {stage: s}}], "missing": [cell dirs not finished],
+   "domains": {name: {"task", "protocol", "sizes", "main_score", "score_names", "msp_row",
+     "rows": {row: {"method", "mixer", "title", "runs": [{"generation_seed", "seed", "predictions", "scores"}],
+                    "scores": {score: {"mean", "std", "n"}}, "generated": {...} (generated rows)}},
+     "comparisons": [{"method", "baseline", "score", "difference", "low", "high", "includes_zero", ...}]}},
+   "ablation": {"domain", "rows": [row names]} | null}
+
+Every score is recomputed here from the predictions files (`predictions.score_rows`), so `recompute` on the
+same folder reproduces every figure; predictions paths are relative to the experiment folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from msp_jax import files
+from msp_jax.errors import DataError
+from msp_jax.evaluation import predictions
+from msp_jax.experiment import cells, statistics
+from msp_jax.experiment import config as cfg
+from msp_jax.run import cache
+
+RESULTS_FILE = "results.json"
+BASELINES = (cfg.SEED_ONLY, cfg.EDA, cfg.IN_CONTEXT, cfg.PROMPT_TUNING)
+
+
+def _mean(values: list[float]) -> float | None:
+  return float(np.mean(values)) if values else None
+
+
+def generated_summary(metrics: list[dict], correctness: list[dict]) -> dict[str, Any]:
+  """A generated row's data metrics: means over its generation seeds; funnel counts summed over them."""
+  distinct = {f"distinct_{k}": _mean([m["distinct_equal_size"]["synthetic"][f"distinct_{k}"] for m in metrics])
+              for k in (1, 2, 3)}
+  seed_distinct = {f"distinct_{k}": _mean([m["distinct_equal_size"]["seed"][f"distinct_{k}"] for m in metrics])
+                   for k in (1, 2, 3)}
+  generated = sum(m["generated"]["outputs"] for m in metrics)
+  parsed = sum(round(m["generated"]["parse_rate"] * m["generated"]["outputs"]) for m in metrics)
+  drops: dict[str, int] = {}
+  for m in metrics:
+    for reason, count in {**m.get("generation_dropped", {}), **m.get("denoise", {}).get("dropped", {})}.items():
+      drops[reason] = drops.get(reason, 0) + int(count)
+    for reason in ("contradicted_in_kept_set", "contradicted_in_fill"):
+      if reason in m.get("consistency", {}):
+        drops[reason] = drops.get(reason, 0) + int(m["consistency"][reason])
+  return {
+      "distinct": distinct, "seed_distinct": seed_distinct,
+      "sample_size": _mean([m["distinct_equal_size"]["sample_size"] for m in metrics]),
+      "perplexity": _mean([m["kept"]["perplexity"] for m in metrics if "perplexity" in m["kept"]]),
+      "seed_perplexity": _mean([m["seed_perplexity"]["perplexity"] for m in metrics
+                                if "perplexity" in m.get("seed_perplexity", {})]),
+      "correctness": _mean([c["correctness"] for c in correctness if c["correctness"] is not None]),
+      "funnel": {"generated": generated, "parsed": parsed,
+                 "candidates": sum(int(m["denoise"]["candidates"]) for m in metrics),
+                 "kept": sum(int(m["kept"]["count"]) for m in metrics)},
+      "dropped": drops,
+  }
+
+
+def _rows_of(root: pathlib.Path, row: dict, task: str) -> list[list[dict]]:
+  return [predictions.read(root / run["predictions"]) for run in row["runs"]]
+
+
+def score_row(root: pathlib.Path, row: dict, task: str) -> dict[str, dict[str, float]]:
+  """Each run's scores from its predictions file (written into `row['runs']`) and their mean ± std."""
+  for run, rows in zip(row["runs"], _rows_of(root, row, task)):
+    run["scores"] = predictions.score_rows(rows, task)
+  if not row["runs"]:
+    return {}
+  return {name: statistics.mean_std([run["scores"][name] for run in row["runs"]])
+          for name in row["runs"][0]["scores"]}
+
+
+def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix: cfg.MatrixConfig) -> list[dict]:
+  """Paired bootstrap of (MSP - each baseline) and (MSP + consistency - each baseline and MSP), main score."""
+  score = predictions.MAIN_SCORE[task]
+  counts: dict[str, list[np.ndarray]] = {}
+  uids: dict[str, list[str]] = {}
+
+  def counts_of(name: str) -> list[np.ndarray]:
+    if name not in counts:
+      runs = _rows_of(root, rows[name], task)
+      for rows_of_run in runs:
+        order = [r["uid"] for r in rows_of_run]
+        if uids.setdefault("test", order) != order:
+          raise DataError(f"{root}: predictions of {name!r} are not on the same test examples as the others")
+      counts[name] = [statistics.example_counts(r, score) for r in runs]
+    return counts[name]
+
+  consistency_row = msp_row.replace(cfg.MSP, cfg.MSP_CONSISTENCY, 1)
+  out = []
+  for target, others in ((msp_row, BASELINES), (consistency_row, (*BASELINES, msp_row))):
+    if target not in rows or not rows[target]["runs"]:
+      continue
+    for baseline in others:
+      if baseline in rows and rows[baseline]["runs"]:
+        result = statistics.paired_bootstrap(counts_of(target), counts_of(baseline),
+                                             samples=matrix.bootstrap_samples, seed=matrix.bootstrap_seed)
+        out.append({"method": target, "baseline": baseline, "score": score, **result})
+  return out
+
+
+def collect(runner, command: str = "") -> dict:
+  """results.json's content from the runner's cells (finished ones; the others are listed as missing)."""
+  matrix, root = runner.matrix, runner.root
+  msp_row = cfg.Cell("", cfg.MSP, runner.base.mixture.mixer).name
+  results: dict[str, Any] = {
+      "command": command,
+      "settings": {"matrix": dataclasses.asdict(matrix), "run": json.loads(json.dumps(
+          dataclasses.asdict(runner.base), default=str))},
+      "cells": [], "missing": [], "domains": {},
+      "ablation": None if matrix.ablation_domain is None else {
+          "domain": matrix.ablation_domain,
+          "rows": [cfg.Cell("", cfg.MSP, m).name for m in matrix.ablation_mixers]}}
+  for name in matrix.domains:
+    domain = runner.domain(name)
+    task = domain.data.ontology.task
+    entry = {"task": task, "protocol": domain.protocol, "sizes": domain.sizes(),
+             "synthetic_target": cells.target_count(matrix, domain), "main_score": predictions.MAIN_SCORE[task],
+             "score_names": list(predictions.SCORE_NAMES[task]), "msp_row": msp_row, "rows": {}}
+    for cell in (c for c in runner.cells if c.domain == name):
+      row = entry["rows"].setdefault(cell.name, {"method": cell.method, "mixer": cell.mixer,
+                                                 "title": cfg.TITLES[cell.method] + (f" ({cell.mixer})" if
+                                                                                    cell.mixer else ""),
+                                                 "runs": [], "_metrics": [], "_correctness": []})
+      cell_dir = runner.cell_dir(cell)
+      results["cells"].append({"domain": name, "method": cell.name, "generation_seed": cell.generation_seed,
+                               "dir": cell.relative_dir, "seconds": cells.stage_seconds(cell_dir)})
+      record = cache.read_record(cell_dir, cells.TASK_MODELS)
+      if record is None or not runner.is_done(cell, cells.TASK_MODELS):
+        results["missing"].append(cell.relative_dir)
+        continue
+      for run in record.summary["report"]["sets"][cell.name]["runs"]:
+        path = (cell_dir / "downstream" / run["predictions"]).relative_to(root)
+        row["runs"].append({"generation_seed": cell.generation_seed, "seed": run["seed"],
+                            "predictions": path.as_posix(), "best_epoch": run["best_epoch"]})
+      if cell.generated:
+        row["_metrics"].append(json.loads(runner.metrics_file(cell).read_text(encoding="utf-8")))
+        correctness = cache.read_record(cell_dir, cells.CORRECTNESS)
+        if correctness is not None:
+          row["_correctness"].append(correctness.summary)
+    for row in entry["rows"].values():
+      metrics, correctness = row.pop("_metrics"), row.pop("_correctness")
+      row["scores"] = score_row(root, row, task)
+      if metrics:
+        row["generated"] = generated_summary(metrics, correctness)
+    entry["comparisons"] = compare_rows(root, entry["rows"], task, msp_row, matrix)
+    results["domains"][name] = entry
+  return results
+
+
+def write(root: pathlib.Path, results: dict) -> pathlib.Path:
+  path = pathlib.Path(root) / RESULTS_FILE
+  files.atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+  return path
+
+
+def read(root: pathlib.Path) -> dict:
+  path = pathlib.Path(root) / RESULTS_FILE
+  if not path.is_file():
+    raise DataError(f"{path}: no results; run `msp experiment` on this folder first")
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+
+
+def recompute(root: pathlib.Path, results: dict) -> list[str]:
+  """Re-scores every run and comparison of `results` from the predictions files under `root`; returns what
+  differs (empty: every figure recomputes)."""
+  problems = []
+  matrix_fields = {f.name for f in dataclasses.fields(cfg.MatrixConfig)}
+  settings = {k: tuple(v) if isinstance(v, list) else v for k, v in results["settings"]["matrix"].items()
+              if k in matrix_fields}
+  matrix = cfg.MatrixConfig(**settings)
+  for name, entry in results["domains"].items():
+    rows = json.loads(json.dumps(entry["rows"]))
+    for row_name, row in rows.items():
+      scores = score_row(root, row, entry["task"])
+      for score, stats in scores.items():
+        for key in ("mean", "std"):
+          if not np.isclose(stats[key], entry["rows"][row_name]["scores"][score][key], atol=1e-9):
+            problems.append(f"{name}/{row_name}: {score} {key} {stats[key]} != {entry['rows'][row_name]['scores'][score][key]}")
+    for new, old in zip(compare_rows(root, rows, entry["task"], entry["msp_row"], matrix), entry["comparisons"]):
+      for key in ("difference", "low", "high"):
+        if not np.isclose(new[key], old[key], atol=1e-9):
+          problems.append(f"{name}/{old['method']} vs {old['baseline']}: {key} {new[key]} != {old[key]}")
+  return problems

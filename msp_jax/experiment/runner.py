@@ -1,0 +1,285 @@
+"""`msp experiment`: every cell of the matrix through its cached stages (`cells`), one progress bar over the
+whole matrix, then `results.json` and the report (`results`, `report`).
+
+  <workdir>/cells/<domain>/<method>[/gen<seed>]/   a cell (`cells` module docstring)
+  <workdir>/experiment.log                         what each stage did (the bar shows only where it is)
+  <workdir>/results.json, report.md, report.html   `results` and `report`
+
+A killed experiment resumes: finished stages are skipped by their records. Everything takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Callable, Sequence
+
+from msp_jax import files
+from msp_jax.errors import ConfigError
+from msp_jax.evaluation import compare, task_models
+from msp_jax.evaluation.eda import eda_examples
+from msp_jax.evaluation.heads import LabelSpace
+from msp_jax.experiment import cells, label_checks
+from msp_jax.experiment import config as cfg
+from msp_jax.experiment.domains import ExperimentDomain, experiment_domain, split_fingerprint
+from msp_jax.progress import Progress
+from msp_jax.run import cache, workflow
+from msp_jax.synthesis import denoising, export, generation, synthetic_metrics
+
+LOG_FILE = "experiment.log"
+
+
+class ExperimentRunner:
+  """Runs the matrix `matrix` with every cell's run settings taken from `base`."""
+
+  def __init__(self, matrix: cfg.MatrixConfig, base: workflow.RunConfig, *, show_progress: bool = True,
+               stage_hook: Callable[[cfg.Cell, str], None] | None = None):
+    self.matrix, self.base = matrix, base
+    self.root = pathlib.Path(matrix.workdir)
+    self.show_progress = show_progress
+    self.stage_hook = stage_hook  # called before each stage runs (tests interrupt a cell with it)
+    self.cells = cfg.expand(matrix, base.mixture.mixer)
+    self._domains: dict[str, ExperimentDomain] = {}
+    self._runs: dict[cfg.Cell, cells.CellRun] = {}
+    self._models: dict[tuple[str, str], task_models.TrainedModel] = {}
+    self._encoder = None
+    self._in_context_prefix: int | None = None
+
+  # ------------------------------------------------------------------------------------------- setup
+  def domain(self, name: str) -> ExperimentDomain:
+    if name not in self._domains:
+      self._domains[name] = experiment_domain(name, self.matrix, self.base.experiment.data_dir)
+    return self._domains[name]
+
+  def split(self, name: str) -> str:
+    return cache.fingerprint(split_fingerprint(self.domain(name)))
+
+  def cell_dir(self, cell: cfg.Cell) -> pathlib.Path:
+    return self.root / cell.relative_dir
+
+  def run_of(self, cell: cfg.Cell) -> cells.CellRun:
+    """The `CellRun` of a generated cell's source (msp for msp_consistency)."""
+    source = cells.source_cell(cell)
+    if source not in self._runs:
+      prefix = None
+      if source.method == cfg.IN_CONTEXT:
+        if self._in_context_prefix is None:
+          self._in_context_prefix = cells.instruction_length(self.base.experiment.backbone)
+        prefix = self._in_context_prefix
+      domain = self.domain(source.domain)
+      config = cells.cell_config(self.base, source, domain, self.matrix, self.cell_dir(source),
+                                 self.split(source.domain), prefix)
+      where = source.relative_dir
+      self._runs[source] = cells.CellRun(config, domain.data, untrained=source.method == cfg.IN_CONTEXT,
+                                         show_progress=False, report=lambda line: self.log(f"{where} {line}"))
+    return self._runs[source]
+
+  @property
+  def encoder(self):
+    if self._encoder is None:
+      self._encoder = task_models.minilm()
+    return self._encoder
+
+  def log(self, line: str) -> None:
+    self.root.mkdir(parents=True, exist_ok=True)
+    with open(self.root / LOG_FILE, "a", encoding="utf-8") as f:
+      f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+  def check(self) -> None:
+    """Every domain loads and splits, and every generated cell's settings pass `Run.check`, before any stage."""
+    for name in self.matrix.domains:
+      self.domain(name)
+    for cell in self.cells:
+      if cell.generated:
+        self.run_of(cell).check(cells.run_stages(cells.source_cell(cell)))
+
+  # ---------------------------------------------------------------------------------------- the matrix
+  def plan(self) -> list[tuple[cfg.Cell, str]]:
+    """(cell, stage) in the order they run; a source's Run stages once, before the first cell using them."""
+    steps, seen = [], set()
+    for cell in self.cells:
+      source = cells.source_cell(cell)
+      if cell.generated and source not in seen:
+        seen.add(source)
+        steps.extend((source, stage) for stage in cells.run_stages(source))
+      steps.extend((cell, stage) for stage in cells.experiment_stages(cell))
+    return list(dict.fromkeys(steps))
+
+  def is_done(self, cell: cfg.Cell, stage: str) -> bool:
+    return cache.cached_record(self.stage_dir(cell, stage), stage, self.fingerprint(cell, stage)) is not None
+
+  def stage_dir(self, cell: cfg.Cell, stage: str) -> pathlib.Path:
+    return self.cell_dir(cells.source_cell(cell) if stage in workflow.STAGES else cell)
+
+  def run(self) -> None:
+    """Runs every stage not yet done, with one bar over the matrix (count, rate, ETA)."""
+    self.check()
+    steps = self.plan()
+    done = sum(self.is_done(cell, stage) for cell, stage in steps)
+    progress = Progress(total=len(steps), initial=done, unit="stage", desc="experiment", enabled=self.show_progress)
+    try:
+      for cell, stage in steps:
+        if self.is_done(cell, stage):
+          continue
+        progress.set_postfix(cell=f"{cell.domain}/{cell.relative_dir.split('/', 2)[2]}", stage=stage)
+        progress.update(0)
+        if self.stage_hook is not None:
+          self.stage_hook(cell, stage)
+        self.run_stage(cell, stage)
+        progress.update(1)
+    finally:
+      progress.close()
+
+  def run_stage(self, cell: cfg.Cell, stage: str):
+    if stage == "train":
+      return self.run_of(cell).train()
+    if stage == "generate":
+      return self.run_of(cell).generate()
+    if stage == "denoise":
+      return self.run_of(cell).denoise()
+    compute = {cells.CONSISTENCY: self._consistency, cells.CORRECTNESS: self._correctness,
+               cells.TASK_MODELS: self._task_models}[stage]
+    return cache.run_stage(self.cell_dir(cell), stage, self.fingerprint(cell, stage), lambda: compute(cell),
+                           report=lambda line: self.log(f"{cell.relative_dir} {line}"))
+
+  # ------------------------------------------------------------------------------------ fingerprints
+  def fingerprint(self, cell: cfg.Cell, stage: str) -> str:
+    """The fingerprint of a stage of a cell: what it reads and every setting it uses."""
+    if stage in workflow.STAGES:
+      c = self.run_of(cell).config
+      return {"train": c.train_fingerprint, "generate": c.generate_fingerprint,
+              "denoise": c.denoise_fingerprint}[stage]()
+    if stage == cells.CONSISTENCY:
+      return cache.fingerprint({"denoise": self.fingerprint(cell, "denoise"), "seed_model": self._model_settings()})
+    if stage == cells.CORRECTNESS:
+      return cache.fingerprint({"synthetic": self.synthetic_fingerprint(cell), "oracle": self._model_settings(),
+                                "max_oracle_examples": self.matrix.max_oracle_examples})
+    return cache.fingerprint({"synthetic": self.synthetic_fingerprint(cell), "task_model": self.base.task_model,
+                              "repeats": self.matrix.repeats, "max_test_examples": self.base.max_test_examples})
+
+  def synthetic_fingerprint(self, cell: cfg.Cell) -> str:
+    """What a cell's training set depends on."""
+    if cell.method == cfg.MSP_CONSISTENCY:
+      return self.fingerprint(cell, cells.CONSISTENCY)
+    if cell.generated:
+      return self.fingerprint(cell, "denoise")
+    domain = self.domain(cell.domain)
+    extra = {"eda": cells.target_count(self.matrix, domain), "seed": self.base.task_model.seed} \
+        if cell.method == cfg.EDA else {}
+    return cache.fingerprint({"method": cell.method, "split": self.split(cell.domain), **extra})
+
+  def _model_settings(self) -> dict:
+    return {"task_model": self.base.task_model}
+
+  # ------------------------------------------------------------------------------------------ stages
+  def synthetic_file(self, cell: cfg.Cell) -> pathlib.Path:
+    """The cell's kept synthetic set (JSONL of `export.SyntheticRecord`s)."""
+    if cell.method == cfg.MSP_CONSISTENCY:
+      return self.cell_dir(cell) / workflow.SYNTHETIC_DIR / "synthetic.jsonl"
+    return pathlib.Path(self.run_of(cell).denoised().files.jsonl)
+
+  def training_set(self, cell: cfg.Cell) -> list:
+    domain = self.domain(cell.domain)
+    seeds = list(domain.seeds)
+    if cell.method == cfg.SEED_ONLY:
+      return seeds
+    if cell.method == cfg.EDA:
+      return seeds + eda_examples(seeds, cells.target_count(self.matrix, domain), self.base.task_model.seed)
+    return seeds + [r.example for r in export.read_jsonl(self.synthetic_file(cell))]
+
+  def test_examples(self, domain: str) -> list:
+    return list(self.domain(domain).data.splits["test"])[:self.base.max_test_examples]
+
+  def _task_models(self, cell: cfg.Cell):
+    domain = self.domain(cell.domain)
+    out = self.cell_dir(cell) / workflow.DOWNSTREAM_DIR
+    training = self.training_set(cell)
+    report = compare.compare_training_sets({cell.name: training}, domain.data.splits["validation"],
+                                           self.test_examples(cell.domain), domain.data.ontology,
+                                           self.base.task_model, self.matrix.repeats, out_dir=out,
+                                           encoder=self.encoder)
+    report_file = compare.write_report(out, report)
+    outputs = [out / run["predictions"] for row in report["sets"].values() for run in row["runs"]]
+    return {"report": report, "report_file": str(report_file)}, [report_file, *outputs]
+
+  def model(self, domain_name: str, kind: str) -> task_models.TrainedModel:
+    """The seed model (seeds only, selected on validation: the consistency filter's) or the oracle (every
+    non-test example, last epoch), trained once per process."""
+    key = (domain_name, kind)
+    if key not in self._models:
+      domain = self.domain(domain_name)
+      space = LabelSpace.of(domain.data.ontology)
+      if kind == "seed":
+        model = task_models.train(domain.seeds, space, self.base.task_model, self.encoder,
+                                  domain.data.splits["validation"])
+      else:
+        model = task_models.train(domain.oracle_train, space, self.base.task_model, self.encoder)
+      self.log(f"{domain_name}: {kind} model trained in {model.seconds:.0f} s")
+      self._models[key] = model
+    return self._models[key]
+
+  def _correctness(self, cell: cfg.Cell):
+    task = self.domain(cell.domain).data.ontology.task
+    kept = [r.example for r in export.read_jsonl(self.synthetic_file(cell))]
+    predicted = task_models.predict(self.model(cell.domain, "oracle"), kept, self.encoder)
+    summary = label_checks.correctness(kept, predicted, task)
+    summary["oracle_train_examples"] = len(self.domain(cell.domain).oracle_train)
+    return summary, []
+
+  def _consistency(self, cell: cfg.Cell):
+    """The msp cell's candidates, denoised as it did, ranked kept set first then best score first, filtered by
+    the seed model and filled to the target (`label_checks.consistent_fill`)."""
+    from msp_jax.encoders import SentenceEncoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
+    source = self.run_of(cell)
+    source_dir = self.cell_dir(cells.source_cell(cell))
+    domain = self.domain(cell.domain)
+    candidates = generation.read_candidates(source_dir / workflow.GENERATED_DIR / "candidates.jsonl")
+    plan = json.loads((source_dir / workflow.GENERATED_DIR / "plan.json").read_text(encoding="utf-8"))
+    target = source.config.generation.target_count
+    result = denoising.denoise(candidates, domain.seeds, encoder=SentenceEncoder(), ontology=domain.data.ontology,
+                               keep_per_seed=plan["keep_per_seed"], target_count=target,
+                               weights=source.config.denoise_weights, fill_to_target=source.config.fill_to_target)
+    kept_ids = {id(c) for c in result.kept}
+    order = sorted(range(len(candidates)), key=lambda i: (id(candidates[i]) not in kept_ids, result.scores[i], i))
+    ranked = [candidates[i] for i in order]
+    predicted = task_models.predict(self.model(cell.domain, "seed"), [c.example for c in ranked], self.encoder)
+    task = domain.data.ontology.task
+    agrees = [label_checks.reproduces(c.example, p, task) for c, p in zip(ranked, predicted)]
+    chosen, counts = label_checks.consistent_fill(list(zip(ranked, (float(result.scores[i]) for i in order))),
+                                                  agrees, target, len(result.kept))
+    provenance = {"backbone": source.config.experiment.backbone, "prompt_checkpoint": plan["prompt_checkpoint"],
+                  "seed": source.config.generation.seed, "filter": "consistency with the seed model"}
+    records = [export.SyntheticRecord(c.example, s, c.seed_uid, c.novel, provenance) for c, s in chosen]
+    out = self.cell_dir(cell) / workflow.SYNTHETIC_DIR
+    exported = workflow.export_synthetic(out, records, domain.seeds)
+    generated = cache.read_record(source_dir, "generate").summary
+    setup = source.setup
+    metrics = synthetic_metrics.synthetic_set_metrics(
+        outcomes=generated["outcomes"], kept=[r.example for r in records],
+        kept_requested=[c.requested for c, _ in chosen], seeds=domain.seeds, ontology=domain.data.ontology,
+        backbone=setup.model.backbone, params=setup.frozen_params, seed=source.config.generation.seed)
+    metrics["denoise"] = result.summary
+    metrics["consistency"] = {**counts, "kept": len(records), "seed_model_agreement_ranked":
+                              100.0 * sum(agrees) / len(agrees) if agrees else 0.0}
+    metrics["generation_dropped"] = generated["dropped"]
+    files.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    summary = {"kept": len(records), "metrics": metrics, "files": dataclasses.asdict(exported),
+               "metrics_file": str(out / "metrics.json")}
+    return summary, [exported.jsonl, exported.seeds, out / "metrics.json"]
+
+  def metrics_file(self, cell: cfg.Cell) -> pathlib.Path:
+    if cell.method == cfg.MSP_CONSISTENCY:
+      return self.cell_dir(cell) / workflow.SYNTHETIC_DIR / "metrics.json"
+    return pathlib.Path(self.run_of(cell).denoised().metrics_file)
+
+
+def check_trained_prompts(runner_cells: Sequence[cfg.Cell], root: pathlib.Path) -> None:
+  """Before reporting without running (`--only-report`): ConfigError naming the first cell whose method needs
+  trained prompts and whose workdir has none."""
+  for cell in runner_cells:
+    source = cells.source_cell(cell)
+    if source.method in cfg.TRAINED_PROMPTS and not cells.has_prompts(root / source.relative_dir):
+      raise ConfigError(f"{root / source.relative_dir}: method {cell.method!r} needs trained prompts and this cell "
+                        "has none; run `msp experiment` without --only-report first")

@@ -1,0 +1,192 @@
+"""`msp experiment` on the tiny matrix (experiments/tiny.gin: random tiny Llama, front_desk, seed only + MSP):
+cells run through their cached stages, an interrupted cell resumes and finished cells are skipped, a changed
+setting re-runs only what it affects, every figure recomputes from the predictions files, `msp report` re-renders;
+and bad input is one line."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+
+import pytest
+
+from msp_jax.cli import main
+from msp_jax.commands import experiment as experiment_command
+from msp_jax.errors import ConfigError
+from msp_jax.experiment import cells, config as cfg, report, results, runner
+from msp_jax.experiment.domains import experiment_domain, nlupp_folds
+from msp_jax.run import cache
+from msp_jax.synthesis import generation
+
+TINY = ["experiments/tiny.gin"]
+
+
+@pytest.fixture(autouse=True)
+def chatty_outputs(monkeypatch):
+  """The tiny random Llama's outputs decode to empty lines; with this each reads as a distinct request, so with
+  tiny.gin's inherited labels every output is a candidate and the synthetic sets are not empty."""
+  numbers = itertools.count()
+  monkeypatch.setattr(generation, "cut_output", lambda text: f"could you help me with request {next(numbers)}")
+
+
+class Killed(Exception):
+  """Stands for the process being killed in the middle of a stage."""
+
+
+def tiny_runner(workdir, *bindings, hook=None) -> runner.ExperimentRunner:
+  args = argparse.Namespace(gin_file=TINY, gin_bindings=list(bindings), workdir=str(workdir))
+  matrix, base = experiment_command.matrix_config(args)
+  return runner.ExperimentRunner(matrix, base, show_progress=False, stage_hook=hook)
+
+
+def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recompute(tmp_path, capsys):
+  workdir = tmp_path / "exp"
+  calls, killed = [], []
+
+  def interrupt_once(cell, stage):
+    calls.append((cell.name, stage))
+    if cell.method == cfg.MSP and stage == "generate" and not killed:
+      killed.append(cell)
+      raise Killed  # killed while generating
+
+  first = tiny_runner(workdir, hook=interrupt_once)
+  assert [(c.name, c.generation_seed) for c in first.cells] == [("seed_only", None), ("msp-attention", 0)]
+  with pytest.raises(Killed):
+    first.run()
+  seed_only = cfg.Cell("front_desk", cfg.SEED_ONLY)
+  msp = cfg.Cell("front_desk", cfg.MSP, "attention", 0)
+  assert first.is_done(seed_only, cells.TASK_MODELS) and first.is_done(msp, "train")
+  assert not first.is_done(msp, "generate")
+  done_before = {(c, s): first.is_done(c, s) for c, s in first.plan()}
+
+  calls.clear()
+  second = tiny_runner(workdir, hook=interrupt_once)
+  second.run()
+  ran = [stage for _, stage in calls]
+  assert ran == ["generate", "denoise", cells.CORRECTNESS, cells.TASK_MODELS]  # the finished ones were skipped
+  assert sum(done_before.values()) == 2 and all(second.is_done(c, s) for c, s in second.plan())
+
+  collected = results.collect(second, command="test")
+  entry = collected["domains"]["front_desk"]
+  assert set(entry["rows"]) == {"seed_only", "msp-attention"} and not collected["missing"]
+  msp_row = entry["rows"]["msp-attention"]
+  assert msp_row["generated"]["funnel"]["kept"] == cells.target_count(second.matrix, second.domain("front_desk"))
+  assert msp_row["generated"]["correctness"] is not None
+  assert [c["baseline"] for c in entry["comparisons"]] == ["seed_only"]
+  seconds = {c["dir"]: c["seconds"] for c in collected["cells"]}
+  assert set(seconds["cells/front_desk/msp-attention/gen0"]) == {"train", "generate", "denoise", "correctness",
+                                                                 "task_models"}
+  path = results.write(workdir, collected)
+  assert results.recompute(workdir, json.loads(path.read_text())) == []
+  # A tampered predictions file no longer reproduces the figures.
+  predictions_file = workdir / msp_row["runs"][0]["predictions"]
+  rows = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+  rows[0]["predicted"]["intents"] = [] if rows[0]["predicted"]["intents"] != [] else rows[0]["gold"]["intents"]
+  tampered = json.loads(path.read_text())
+  predictions_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert results.recompute(workdir, tampered)
+
+  report.render(collected, workdir)
+  html = (workdir / "report.html").read_text()
+  assert html.count("data:image/png;base64,") == 2 and "seed + MSP (attention)" in html
+  (workdir / "report.md").unlink()
+  assert main(["report", str(workdir)]) == 0
+  assert "## front_desk: paired differences" in (workdir / "report.md").read_text()
+
+  # A sampling setting re-runs only the MSP cell's generation and what follows; seed only is untouched.
+  calls.clear()
+  tiny_runner(workdir, "msp.SamplingConfig.temperature = 0.7", hook=interrupt_once).run()
+  assert calls == [("msp-attention", "generate"), ("msp-attention", "denoise"),
+                   ("msp-attention", cells.CORRECTNESS), ("msp-attention", cells.TASK_MODELS)]
+
+
+def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path):
+  calls = []
+  experiment = tiny_runner(tmp_path / "exp", "msp.experiment_matrix.methods = ['in_context', 'msp_consistency']",
+                           hook=lambda cell, stage: calls.append((cell.name, stage)))
+  experiment.run()
+  assert calls == [("in_context", "generate"), ("in_context", "denoise"), ("in_context", cells.CORRECTNESS),
+                   ("in_context", cells.TASK_MODELS), ("msp-attention", "train"), ("msp-attention", "generate"),
+                   ("msp-attention", "denoise"), ("msp-attention", cells.CORRECTNESS),
+                   ("msp-attention", cells.TASK_MODELS), ("msp_consistency-attention", cells.CONSISTENCY),
+                   ("msp_consistency-attention", cells.CORRECTNESS), ("msp_consistency-attention", cells.TASK_MODELS)]
+  in_context = experiment.run_of(cfg.Cell("front_desk", cfg.IN_CONTEXT, None, 0))
+  assert in_context.config.mixture.mixer == "none" and not cells.has_prompts(in_context.config.workdir)
+  summary = cache.read_record(experiment.cell_dir(cfg.Cell("front_desk", cfg.MSP_CONSISTENCY, "attention", 0)),
+                              cells.CONSISTENCY).summary
+  counts = summary["metrics"]["consistency"]
+  assert summary["kept"] + counts["short_of_target"] == cells.target_count(experiment.matrix,
+                                                                            experiment.domain("front_desk"))
+  collected = results.collect(experiment)
+  baselines = {(c["method"], c["baseline"]) for c in collected["domains"]["front_desk"]["comparisons"]}
+  assert baselines == {("msp-attention", "in_context"), ("msp_consistency-attention", "in_context"),
+                       ("msp_consistency-attention", "msp-attention")}
+
+
+def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter():
+  matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only", "msp_consistency"), generation_seeds=(0,),
+                            ablation_domain="b", ablation_mixers=("attention", "cnn"))
+  names = [(c.domain, c.name) for c in cfg.expand(matrix, "attention")]
+  assert names == [("a", "seed_only"), ("a", "msp-attention"), ("a", "msp_consistency-attention"),
+                   ("b", "seed_only"), ("b", "msp-attention"), ("b", "msp_consistency-attention"), ("b", "msp-cnn")]
+
+
+@pytest.mark.parametrize("binding,expected", [
+    ("msp.experiment_matrix.methods = ['msp', 'gpt4']", "unknown method 'gpt4'"),
+    ("msp.experiment_matrix.domains = ['no_such_domain']", "no_such_domain"),
+    ("msp.experiment_matrix.ablation_mixers = ['lstm']", "unknown mixer 'lstm'"),
+])
+def test_bad_matrix_is_one_line(tmp_path, binding, expected):
+  result = subprocess.run([sys.executable, "-m", "msp_jax.cli", "experiment", "--gin_file", TINY[0], "--quiet",
+                           "--workdir", str(tmp_path / "exp"), f"--gin.{binding.replace(' = ', '=').replace(' ', '')}"],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_report_without_trained_prompts_names_the_method(tmp_path, capsys):
+  status = main(["experiment", "--gin_file", TINY[0], "--quiet", "--workdir", str(tmp_path / "exp"), "--only-report"])
+  err = capsys.readouterr().err
+  assert status == 2 and "method 'msp' needs trained prompts" in err and len(err.strip().splitlines()) == 1
+  assert main(["report", str(tmp_path / "nothing")]) == 2
+  assert "no results" in capsys.readouterr().err
+
+
+def test_nlupp_protocol_splits_by_fold(data_dir):
+  matrix = cfg.MatrixConfig(domains=("nlupp_hotels",))
+  domain = experiment_domain("nlupp_hotels", matrix, str(data_dir))
+  folds = lambda examples: {e.uid.split("/")[1] for e in examples}  # noqa: E731
+  assert folds(domain.seeds) == {"fold0", "fold1"} and 80 <= len(domain.seeds) <= 110
+  assert folds(domain.data.splits["validation"]) == {"fold19"}
+  assert folds(domain.data.splits["test"]) == {f"fold{i}" for i in range(2, 19)}
+  test_uids = {e.uid for e in domain.data.splits["test"]}
+  assert not test_uids & {e.uid for e in domain.oracle_train}
+  with pytest.raises(ConfigError, match="fold 42"):
+    nlupp_folds(domain.data, (42,), ())
+
+
+def test_prompt_tuning_model_is_the_prefix_alone_and_in_context_prefix_is_the_instruction():
+  import jax
+  import numpy as np
+  from msp_jax.backbones import load_backbone
+  from msp_jax.tuning.msp_model import INSTRUCTION, MixtureConfig, MspModel
+  from toy_domain import ONTOLOGY  # pylint: disable=import-error
+
+  backbone = load_backbone("random:llama-tiny").backbone
+  length = cells.instruction_length("random:llama-tiny")
+  model = MspModel(backbone, ONTOLOGY, MixtureConfig(mixer="none", prefix_length=length, max_attributes=2))
+  params = model.init(jax.random.PRNGKey(0), backbone.params)
+  assert list(params) == ["prefix"]  # no attribute table, no mixer
+  table = model.embedding_table(backbone.params)
+  np.testing.assert_array_equal(params["prefix"]["prompt"], table[np.array(backbone.tokenizer.encode(INSTRUCTION))])
+  batch = {"text_ids": np.ones((2, 5), np.int32), "text_mask": np.ones((2, 5), np.int32),
+           "attribute_ids": np.array([[0, 1], [2, 0]], np.int32), "attribute_mask": np.array([[1, 1], [1, 0]], np.int32)}
+  embeds, mask = model.inputs(params, backbone.params, batch)
+  assert embeds.shape == (2, length + 5, backbone.embed_dim) and mask.shape == (2, length + 5)
+  other = dict(batch, attribute_ids=np.array([[2, 2], [1, 1]], np.int32))
+  np.testing.assert_array_equal(model.inputs(params, backbone.params, other)[0], embeds)  # attributes do not enter
