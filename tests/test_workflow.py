@@ -179,7 +179,7 @@ def test_msp_run_caches_every_stage(tmp_path, capsys, chatty_outputs):
   assert "[downstream] configuration" in third
   # The downstream model's settings change only the downstream stage.
   assert run_tiny("run", workdir, INHERIT, "--gin.msp.SamplingConfig.temperature=0.5",
-                  "--gin.msp.downstream_evaluation.repeats=1") == 0
+                  "--gin.msp.downstream_evaluation.repeats=2") == 0
   fourth = capsys.readouterr().out
   assert "[denoise] already done" in fourth and "[downstream] configuration" in fourth
 
@@ -368,7 +368,7 @@ def test_msp_run_on_ner_and_parse_domains_ends_with_a_downstream_table(tmp_path,
   workdir = tmp_path / task
   assert run_tiny("run", workdir, f"--gin.msp.experiment.task='{task}'", f"--gin.msp.experiment.data_dir='{data_dir}'",
                   "--gin.msp.experiment.few_shot=True", f"--gin.msp.downstream_evaluation.validation_split='{validation}'", "--gin.msp.GenerationSettings.target_count=2",
-                  "--gin.msp.downstream_evaluation.repeats=1", "--gin.msp.downstream_evaluation.max_test_examples=12",
+                  "--gin.msp.downstream_evaluation.max_test_examples=12",
                   "--gin.msp.TaskModelConfig.batch_size=32",
                   # Constrained: the random backbone's samples parse only when the grammar writes their labels.
                   "--gin.msp.SamplingConfig.constrained=True", "--gin.msp.SamplingConfig.max_new_tokens=64") == 0

@@ -50,7 +50,7 @@ def toy_step_inputs(spec: str, *, batch_size: int, seed: int) -> tuple:
 
 
 # `msp` flags for a tiny end-to-end run: quickstart.gin on the random Llama, small prompts, 8 new tokens, a
-# one-epoch downstream task model at one padded length. Constrained decoding is off: 8 tokens cannot hold a
+# one-epoch downstream task model at one padded length, one seed per training set. Constrained decoding is off: 8 tokens cannot hold a
 # constrained example's labels.
 TINY_RUN_FLAGS = ["--gin_file", "runs/quickstart.gin", "--quiet",
                   "--gin.msp.experiment.backbone='random:llama-tiny'",
@@ -59,4 +59,5 @@ TINY_RUN_FLAGS = ["--gin_file", "runs/quickstart.gin", "--quiet",
                   "--gin.msp.InputShapes.max_text_len=48", "--gin.msp.InputShapes.max_target_len=24",
                   "--gin.msp.GenerationSettings.target_count=6", "--gin.msp.SamplingConfig.max_new_tokens=8",
                   "--gin.msp.SamplingConfig.constrained=False",
-                  "--gin.msp.TaskModelConfig.max_epochs=1", "--gin.msp.TaskModelConfig.max_buckets=1"]
+                  "--gin.msp.TaskModelConfig.max_epochs=1", "--gin.msp.TaskModelConfig.max_buckets=1",
+                  "--gin.msp.downstream_evaluation.repeats=1"]
