@@ -101,12 +101,13 @@ def shared_buckets(training_sets: dict[str, Sequence[Example]], validation: Sequ
   hold, so its scores do not move with them (the comparison stays paired).
   """
   sets = list(training_sets.values())
+  unique = {(e.uid, e.text): e for examples in (*sets, validation, test) for e in examples}  # each encoded once
+  length = dict(zip(unique, encode(list(unique.values()), space, encoder.tokenizer).lengths))
   common = set.intersection(*({e.uid for e in examples} for examples in sets)) if sets else set()
   shared = [e for e in sets[0] if e.uid in common] if sets else []
-  base = bucket_lengths(encode(shared + list(validation) + list(test), space, encoder.tokenizer).lengths,
-                        max_buckets) if shared or validation or test else ()
-  longest = max((int(encode(examples, space, encoder.tokenizer).lengths.max()) for examples in sets if examples),
-                default=0)
+  base_examples = shared + list(validation) + list(test)
+  base = bucket_lengths([length[e.uid, e.text] for e in base_examples], max_buckets) if base_examples else ()
+  longest = max((int(length[e.uid, e.text]) for examples in sets for e in examples), default=0)
   if not base or longest > base[-1]:
     return base + (-(-longest // 8) * 8,)
   return base

@@ -26,7 +26,7 @@ from msp_jax.experiment import config as cfg
 from msp_jax.experiment.domains import ExperimentDomain, experiment_domain, split_fingerprint
 from msp_jax.progress import Progress
 from msp_jax.run import cache, workflow
-from msp_jax.synthesis import denoising, export, generation, synthetic_metrics
+from msp_jax.synthesis import export, synthetic_metrics
 
 LOG_FILE = "experiment.log"
 
@@ -231,16 +231,11 @@ class ExperimentRunner:
   def _consistency(self, cell: cfg.Cell):
     """The msp cell's candidates, denoised as it did, ranked kept set first then best score first, filtered by
     the seed model and filled to the target (`label_checks.consistent_fill`)."""
-    from msp_jax.encoders import SentenceEncoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
     source = self.run_of(cell)
     source_dir = self.cell_dir(cells.source_cell(cell))
     domain = self.domain(cell.domain)
-    candidates = generation.read_candidates(source_dir / workflow.GENERATED_DIR / "candidates.jsonl")
-    plan = json.loads((source_dir / workflow.GENERATED_DIR / "plan.json").read_text(encoding="utf-8"))
+    candidates, plan, result = source.denoise_result()  # the msp cell's denoising, as its denoise stage ran it
     target = source.config.generation.target_count
-    result = denoising.denoise(candidates, domain.seeds, encoder=SentenceEncoder(), ontology=domain.data.ontology,
-                               keep_per_seed=plan["keep_per_seed"], target_count=target,
-                               weights=source.config.denoise_weights, fill_to_target=source.config.fill_to_target)
     kept_ids = {id(c) for c in result.kept}
     order = sorted(range(len(candidates)), key=lambda i: (id(candidates[i]) not in kept_ids, result.scores[i], i))
     ranked = [candidates[i] for i in order]

@@ -252,8 +252,8 @@ class Run:
       return summary, [exported.jsonl, exported.tfrecord, exported.seeds, out / "metrics.json"]
     return self._stage("denoise", self.config.denoise_fingerprint(), DenoiseSummary, compute, force)
 
-  def _denoise_candidates(self) -> tuple[denoising.DenoiseResult, list[export.SyntheticRecord]]:
-    """The generated candidates scored against the seed set and filtered, as records with their provenance."""
+  def denoise_result(self) -> tuple[list[generation.Candidate], dict[str, Any], denoising.DenoiseResult]:
+    """(the generated candidates, the generation plan, the denoiser's result on them against the seed set)."""
     from msp_jax.encoders import SentenceEncoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
 
     generated_dir = self.config.workdir / GENERATED_DIR
@@ -263,6 +263,12 @@ class Run:
     result = denoising.denoise(candidates, setup.seeds, encoder=SentenceEncoder(), ontology=setup.domain.ontology,
                                keep_per_seed=plan["keep_per_seed"], target_count=settings.target_count,
                                weights=self.config.denoise_weights, fill_to_target=self.config.fill_to_target)
+    return candidates, plan, result
+
+  def _denoise_candidates(self) -> tuple[denoising.DenoiseResult, list[export.SyntheticRecord]]:
+    """The generated candidates scored against the seed set and filtered, as records with their provenance."""
+    _, plan, result = self.denoise_result()
+    setup, settings = self.setup, self.config.generation
     provenance = {"backbone": setup.backbone_spec, "prompt_checkpoint": plan["prompt_checkpoint"],
                   "seed": settings.seed}
     records = [export.SyntheticRecord(c.example, s, c.seed_uid, c.novel, provenance)
