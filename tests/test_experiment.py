@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 
@@ -126,6 +127,38 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path):
                        ("msp_consistency-attention", "msp-attention")}
 
 
+def test_generation_seeds_share_prompts_and_a_committed_experiment_is_not_retrained(tmp_path):
+  """Prompts train once per method; each domain gets its own shapes; with the prompt checkpoints and candidates
+  deleted (what a committed experiment leaves out) nothing re-runs, and a downstream setting re-runs only the
+  task models, which read the kept sets."""
+  calls = []
+  workdir = tmp_path / "exp"
+  bindings = ("msp.experiment_matrix.generation_seeds = [0, 1]",
+              "msp.experiment_matrix.domain_shapes = {'front_desk': (40, 16)}")
+  hook = lambda cell, stage: calls.append((cell.name, cell.generation_seed, stage))  # noqa: E731
+  experiment = tiny_runner(workdir, *bindings, hook=hook)
+  experiment.run()
+  assert [c for c in calls if c[2] == "train"] == [("msp-attention", 0, "train")]
+  assert [c for c in calls if c[1] == 1] == [("msp-attention", 1, stage) for stage in
+                                             ("generate", "denoise", cells.CORRECTNESS, cells.TASK_MODELS)]
+  second_seed = experiment.run_of(cfg.Cell("front_desk", cfg.MSP, "attention", 1))
+  assert second_seed.config.shapes.max_text_len == 40 and second_seed.config.shapes.max_target_len == 16
+  assert second_seed.config.generation.sampling.max_new_tokens == 16
+  assert second_seed.prompts[2].parent == workdir / "cells/front_desk/msp-attention/gen0/best"
+
+  for path in [*workdir.glob("cells/**/best"), *workdir.glob("cells/**/checkpoints"),
+               *workdir.glob("cells/**/candidates.jsonl")]:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+  calls.clear()
+  again = tiny_runner(workdir, *bindings, hook=hook)
+  assert again.pending() == []
+  again.run()
+  assert calls == [] and not results.collect(again)["missing"]
+  runner.check_trained_prompts(again.cells, again.root, again.matrix)  # --only-report reads the records
+  tiny_runner(workdir, *bindings, "msp.experiment_matrix.repeats = 2", hook=hook).run()
+  assert {stage for *_, stage in calls} == {cells.TASK_MODELS} and len(calls) == 3
+
+
 def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter():
   matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only", "msp_consistency"), generation_seeds=(0,),
                             ablation_domain="b", ablation_mixers=("attention", "cnn"))
@@ -178,7 +211,7 @@ def test_prompt_tuning_model_is_the_prefix_alone_and_in_context_prefix_is_the_in
   from toy_domain import ONTOLOGY  # pylint: disable=import-error
 
   backbone = load_backbone("random:llama-tiny").backbone
-  length = cells.instruction_length("random:llama-tiny")
+  length = cells.instruction_length(backbone)
   model = MspModel(backbone, ONTOLOGY, MixtureConfig(mixer="none", prefix_length=length, max_attributes=2))
   params = model.init(jax.random.PRNGKey(0), backbone.params)
   assert list(params) == ["prefix"]  # no attribute table, no mixer

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
   if args.only_report:
     for name in matrix.domains:
       experiment.domain(name)
-    runner.check_trained_prompts(experiment.cells, experiment.root)
+    runner.check_trained_prompts(experiment.cells, experiment.root, matrix)
   else:
     experiment.run()
   command = "msp " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else ""

@@ -1,7 +1,8 @@
 """A cell's workdir and its cached stages.
 
-A generated cell (in_context, prompt_tuning, msp-<mixer>) is a `workflow.Run` workdir: its train (not for
-in_context), generate and denoise stages are `Run`'s own, cached by their fingerprints. msp_consistency reads
+A generated cell (in_context, prompt_tuning, msp-<mixer>) is a `workflow.Run` workdir: its generate and
+denoise stages are `Run`'s own, cached by their fingerprints. Prompts are trained once per method (and mixer),
+in the workdir of the first generation seed (`train_cell`); the other seeds sample from them. msp_consistency reads
 the msp cell of the same mixer and generation seed and adds a `consistency` stage in its own folder. Every cell
 then has the experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
 
@@ -18,16 +19,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
+from msp_jax.backbones.base import Backbone
 from msp_jax.data.schema import DomainData
+from msp_jax.errors import ConfigError
 from msp_jax.experiment import config as cfg
 from msp_jax.experiment.domains import ExperimentDomain
 from msp_jax.run import cache, workflow
-from msp_jax.run.setup import prompt_checkpoint_dir
-from msp_jax.tuning.msp_model import NO_ATTRIBUTE_PROMPTS
+from msp_jax.run.setup import Setup, load_prompts, load_setup, prompt_checkpoint_dir
+from msp_jax.tuning.msp_model import INSTRUCTION, NO_ATTRIBUTE_PROMPTS
 
 CONSISTENCY, CORRECTNESS, TASK_MODELS = "consistency", "correctness", "task_models"
 UNTRAINED = "untrained"  # the in-context cell's prompt checkpoint: none, the instruction's own embeddings
@@ -49,24 +52,35 @@ class CellRun(workflow.Run):
   from untrained prompts: the instruction prefix initialised from the instruction's own token embeddings, i.e.
   the instruction as hard text (`MspModel.init`), and no attribute prompts."""
 
-  def __init__(self, config: CellConfig, domain: DomainData, *, untrained: bool, **kwargs):
+  def __init__(self, config: CellConfig, domain: DomainData, *, untrained: bool,
+               backbone: Callable[[], Backbone], prompts_workdir: pathlib.Path | None = None, **kwargs):
     super().__init__(config, **kwargs)
     self.domain = domain  # shadows Run's cached property
     self.untrained = untrained
+    self.backbone = backbone  # the experiment's one frozen backbone (every cell shares its weights)
+    self.prompts_workdir = prompts_workdir or config.workdir  # where the prompts it samples from are trained
+
+  @functools.cached_property
+  def setup(self) -> Setup:
+    c = self.config
+    return load_setup(c.experiment, mixture=c.mixture, shapes=c.shapes, seed=c.training.seed, domain=self.domain,
+                      backbone=self.backbone())
 
   @functools.cached_property
   def prompts(self) -> tuple[Any, dict, pathlib.Path]:
     if not self.untrained:
-      return super().prompts
+      checkpoint = prompt_checkpoint_dir(self.prompts_workdir)
+      if not checkpoint.is_dir():
+        raise ConfigError(f"{checkpoint}: no trained prompts for {self.config.workdir}; its train stage runs in "
+                          f"{self.prompts_workdir}")
+      return load_prompts(self.setup, checkpoint)
     params = self.setup.model.init(jax.random.PRNGKey(self.config.training.seed), self.setup.frozen_params)
     return params, self.setup.manifest, self.config.workdir / UNTRAINED
 
 
-def instruction_length(backbone: str) -> int:
+def instruction_length(backbone: Backbone) -> int:
   """Tokens of the instruction sentence under the backbone's tokenizer: the in-context cell's prefix length."""
-  from msp_jax.backbones import load_backbone  # pylint: disable=g-import-not-at-top
-  from msp_jax.tuning.msp_model import INSTRUCTION  # pylint: disable=g-import-not-at-top
-  return len(load_backbone(backbone).backbone.tokenizer.encode(INSTRUCTION))
+  return len(backbone.tokenizer.encode(INSTRUCTION))
 
 
 def target_count(matrix: cfg.MatrixConfig, domain: ExperimentDomain) -> int:
@@ -89,8 +103,14 @@ def cell_config(base: workflow.RunConfig, cell: cfg.Cell, domain: ExperimentDoma
                                    few_shot_k=None)
   generation = dataclasses.replace(base.generation, target_count=target_count(matrix, domain),
                                    seed=cell.generation_seed)
+  shapes = base.shapes
+  if cell.domain in matrix.domain_shapes:
+    text_len, target_len = matrix.domain_shapes[cell.domain]
+    shapes = dataclasses.replace(shapes, max_text_len=text_len, max_target_len=target_len)
+    sampling = dataclasses.replace(generation.sampling, max_new_tokens=target_len)
+    generation = dataclasses.replace(generation, sampling=sampling)
   fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(workflow.RunConfig)}
-  fields.update(experiment=experiment, mixture=mixture, generation=generation, split=split)
+  fields.update(experiment=experiment, mixture=mixture, shapes=shapes, generation=generation, split=split)
   return CellConfig(**fields)
 
 
@@ -101,11 +121,20 @@ def source_cell(cell: cfg.Cell) -> cfg.Cell:
   return cell
 
 
-def run_stages(cell: cfg.Cell) -> tuple[str, ...]:
-  """The `workflow.Run` stages a generated cell's source runs."""
-  if cell.method == cfg.IN_CONTEXT:
-    return ("generate", "denoise")
-  return ("train", "generate", "denoise")
+def train_cell(cell: cfg.Cell, matrix: cfg.MatrixConfig) -> cfg.Cell | None:
+  """The cell whose workdir trains the prompts a generated cell samples from: that of the first generation
+  seed (the generation seeds of a method share its prompts and differ in sampling); None for in_context."""
+  source = source_cell(cell)
+  if source.method not in cfg.TRAINED_PROMPTS:
+    return None
+  return dataclasses.replace(source, generation_seed=matrix.generation_seeds[0])
+
+
+def run_stages(cell: cfg.Cell, matrix: cfg.MatrixConfig) -> tuple[str, ...]:
+  """The `workflow.Run` stages a generated cell's source runs in its own workdir."""
+  if train_cell(cell, matrix) == source_cell(cell):
+    return ("train", "generate", "denoise")
+  return ("generate", "denoise")
 
 
 def experiment_stages(cell: cfg.Cell) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Mapping
 
 from msp_jax.errors import ConfigError
 from msp_jax.tuning.mixers import MIXERS
@@ -48,6 +49,10 @@ class MatrixConfig:
   ablation_domain: str | None = None     # a domain of `domains`; None: no mixer ablation
   ablation_mixers: tuple[str, ...] = tuple(MIXERS)
   prompt_tuning_length: int | None = None  # PT's soft prompt; None: prefix + attribute length of MSP's prompts
+  # Per-domain padded sizes {domain: (max_text_len, max_target_len)} replacing `InputShapes`' for that domain's
+  # cells (attention cost grows with their sum, and domains' serialised examples differ 3x in length); sampling
+  # then stops after max_target_len new tokens, the longest target the prompts were trained on.
+  domain_shapes: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
   nlupp_seed_folds: tuple[int, ...] = (0, 1)
   nlupp_validation_folds: tuple[int, ...] = (19,)  # taken out of the test folds 2-19: selection never sees test
   max_seed_examples: int | None = None   # cap on the seed set (tiny runs); None: the protocol's whole seed set
@@ -71,6 +76,13 @@ class MatrixConfig:
     if self.ablation_domain is not None and self.ablation_domain not in self.domains:
       raise ConfigError(f"experiment_matrix.ablation_domain={self.ablation_domain!r}: expected one of the "
                         f"experiment's domains ({', '.join(self.domains)})")
+    for name, shape in self.domain_shapes.items():
+      if name not in self.domains:
+        raise ConfigError(f"experiment_matrix.domain_shapes: {name!r} is not one of the experiment's domains "
+                          f"({', '.join(self.domains)})")
+      if (len(shape) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 8 for n in shape)):
+        raise ConfigError(f"experiment_matrix.domain_shapes[{name!r}]={shape!r}: expected (max_text_len, "
+                          "max_target_len), whole numbers >= 8")
     if len(set(self.generation_seeds)) != len(self.generation_seeds):
       raise ConfigError(f"experiment_matrix.generation_seeds={self.generation_seeds}: repeated seed")
     for name, minimum in (("repeats", 1), ("bootstrap_samples", 10), ("max_oracle_examples", 1)):

@@ -17,6 +17,8 @@ import time
 from typing import Callable, Sequence
 
 from msp_jax import files
+from msp_jax.backbones import load_backbone
+from msp_jax.backbones.base import Backbone
 from msp_jax.errors import ConfigError
 from msp_jax.evaluation import compare, task_models
 from msp_jax.evaluation.eda import eda_examples
@@ -45,6 +47,7 @@ class ExperimentRunner:
     self._runs: dict[cfg.Cell, cells.CellRun] = {}
     self._models: dict[tuple[str, str], task_models.TrainedModel] = {}
     self._encoder = None
+    self._backbone: Backbone | None = None
     self._in_context_prefix: int | None = None
 
   # ------------------------------------------------------------------------------------------- setup
@@ -66,15 +69,24 @@ class ExperimentRunner:
       prefix = None
       if source.method == cfg.IN_CONTEXT:
         if self._in_context_prefix is None:
-          self._in_context_prefix = cells.instruction_length(self.base.experiment.backbone)
+          self._in_context_prefix = cells.instruction_length(self.backbone())
         prefix = self._in_context_prefix
       domain = self.domain(source.domain)
       config = cells.cell_config(self.base, source, domain, self.matrix, self.cell_dir(source),
                                  self.split(source.domain), prefix)
       where = source.relative_dir
+      trainer = cells.train_cell(source, self.matrix)
       self._runs[source] = cells.CellRun(config, domain.data, untrained=source.method == cfg.IN_CONTEXT,
+                                         backbone=self.backbone,
+                                         prompts_workdir=self.cell_dir(trainer) if trainer else None,
                                          show_progress=False, report=lambda line: self.log(f"{where} {line}"))
     return self._runs[source]
+
+  def backbone(self) -> Backbone:
+    """The frozen backbone every cell shares, loaded once."""
+    if self._backbone is None:
+      self._backbone = load_backbone(self.base.experiment.backbone).backbone
+    return self._backbone
 
   @property
   def encoder(self):
@@ -93,36 +105,65 @@ class ExperimentRunner:
       self.domain(name)
     for cell in self.cells:
       if cell.generated:
-        self.run_of(cell).check(cells.run_stages(cells.source_cell(cell)))
+        self.run_of(cell).check(cells.run_stages(cell, self.matrix))
 
   # ---------------------------------------------------------------------------------------- the matrix
   def plan(self) -> list[tuple[cfg.Cell, str]]:
-    """(cell, stage) in the order they run; a source's Run stages once, before the first cell using them."""
-    steps, seen = [], set()
+    """(cell, stage) in the order they run: a method's prompts are trained (once, `cells.train_cell`), then
+    each generation seed samples and denoises (`Run`'s stages, once per source) before the first experiment
+    stage that reads them."""
+    steps = []
     for cell in self.cells:
-      source = cells.source_cell(cell)
-      if cell.generated and source not in seen:
-        seen.add(source)
-        steps.extend((source, stage) for stage in cells.run_stages(source))
+      if cell.generated:
+        source, trainer = cells.source_cell(cell), cells.train_cell(cell, self.matrix)
+        if trainer is not None:
+          steps.append((trainer, "train"))
+        steps.extend((source, stage) for stage in ("generate", "denoise"))
       steps.extend((cell, stage) for stage in cells.experiment_stages(cell))
     return list(dict.fromkeys(steps))
+
+  def reads(self, cell: cfg.Cell, stage: str) -> list[tuple[cfg.Cell, str]]:
+    """The `Run` stages whose outputs a stage reads."""
+    if stage == "train" or not cell.generated:
+      return []
+    source = cells.source_cell(cell)
+    if stage == "generate":
+      trainer = cells.train_cell(cell, self.matrix)
+      return [(trainer, "train")] if trainer is not None else []
+    if stage == "denoise":
+      return [(source, "generate")]
+    return [(source, "denoise")] + ([(source, "generate")] if stage == cells.CONSISTENCY else [])
+
+  def pending(self) -> list[tuple[cfg.Cell, str]]:
+    """The steps of `plan` still to run: every experiment stage not done, and the `Run` stages (not done) that a
+    pending step reads. So a finished cell whose prompt checkpoint or candidates were not kept (a committed
+    experiment) is not re-trained or re-sampled."""
+    pending, wanted = [], set()
+    for cell, stage in reversed(self.plan()):
+      if stage in workflow.STAGES and (cell, stage) not in wanted:
+        continue
+      if self.is_done(cell, stage):
+        continue
+      pending.append((cell, stage))
+      wanted.update(self.reads(cell, stage))
+    return pending[::-1]
 
   def is_done(self, cell: cfg.Cell, stage: str) -> bool:
     return cache.cached_record(self.stage_dir(cell, stage), stage, self.fingerprint(cell, stage)) is not None
 
   def stage_dir(self, cell: cfg.Cell, stage: str) -> pathlib.Path:
+    if stage == "train":
+      return self.cell_dir(cells.train_cell(cell, self.matrix))
     return self.cell_dir(cells.source_cell(cell) if stage in workflow.STAGES else cell)
 
   def run(self) -> None:
-    """Runs every stage not yet done, with one bar over the matrix (count, rate, ETA)."""
+    """Runs every pending stage, with one bar over the matrix (count, rate, ETA)."""
     self.check()
-    steps = self.plan()
-    done = sum(self.is_done(cell, stage) for cell, stage in steps)
-    progress = Progress(total=len(steps), initial=done, unit="stage", desc="experiment", enabled=self.show_progress)
+    steps, pending = self.plan(), self.pending()
+    progress = Progress(total=len(steps), initial=len(steps) - len(pending), unit="stage", desc="experiment",
+                        enabled=self.show_progress)
     try:
-      for cell, stage in steps:
-        if self.is_done(cell, stage):
-          continue
+      for cell, stage in pending:
         progress.set_postfix(cell=f"{cell.domain}/{cell.relative_dir.split('/', 2)[2]}", stage=stage)
         progress.update(0)
         if self.stage_hook is not None:
@@ -134,7 +175,7 @@ class ExperimentRunner:
 
   def run_stage(self, cell: cfg.Cell, stage: str):
     if stage == "train":
-      return self.run_of(cell).train()
+      return self.run_of(cells.train_cell(cell, self.matrix)).train()
     if stage == "generate":
       return self.run_of(cell).generate()
     if stage == "denoise":
@@ -270,11 +311,11 @@ class ExperimentRunner:
     return pathlib.Path(self.run_of(cell).denoised().metrics_file)
 
 
-def check_trained_prompts(runner_cells: Sequence[cfg.Cell], root: pathlib.Path) -> None:
+def check_trained_prompts(runner_cells: Sequence[cfg.Cell], root: pathlib.Path, matrix: cfg.MatrixConfig) -> None:
   """Before reporting without running (`--only-report`): ConfigError naming the first cell whose method needs
-  trained prompts and whose workdir has none."""
+  trained prompts that were never trained (no train stage record in the workdir that trains them)."""
   for cell in runner_cells:
-    source = cells.source_cell(cell)
-    if source.method in cfg.TRAINED_PROMPTS and not cells.has_prompts(root / source.relative_dir):
-      raise ConfigError(f"{root / source.relative_dir}: method {cell.method!r} needs trained prompts and this cell "
-                        "has none; run `msp experiment` without --only-report first")
+    trainer = cells.train_cell(cell, matrix)
+    if trainer is not None and cache.read_record(root / trainer.relative_dir, "train") is None:
+      raise ConfigError(f"{root / trainer.relative_dir}: method {cell.method!r} needs trained prompts and this "
+                        "cell has none; run `msp experiment` without --only-report first")

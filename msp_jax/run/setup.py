@@ -13,6 +13,7 @@ from typing import Any
 import jax
 
 from msp_jax.backbones import load_backbone
+from msp_jax.backbones.base import Backbone
 from msp_jax.data import catalog, fewshot, serialization
 from msp_jax.data.schema import DomainData, Example
 from msp_jax.partitioning import make_mesh, shard_params
@@ -73,13 +74,13 @@ class Setup:
 
 
 def load_setup(experiment: Experiment, *, mixture: MixtureConfig, shapes: InputShapes, seed: int,
-               domain: DomainData | None = None) -> Setup:
-  """Loads the domain (unless given), draws its seed set with `seed` and binds fresh soft prompts to the frozen
-  backbone."""
+               domain: DomainData | None = None, backbone: Backbone | None = None) -> Setup:
+  """Loads the domain and the frozen backbone `experiment.backbone` (unless given: runs in one process share
+  them), draws its seed set with `seed` and binds fresh soft prompts to the frozen backbone."""
   shapes = dataclasses.replace(shapes, max_attributes=mixture.max_attributes)  # One source of truth.
   domain = domain or catalog.load_task_data(experiment.task, experiment.data_dir)
   seeds = seed_examples(domain, experiment.few_shot, experiment.few_shot_k, seed)
-  backbone = load_backbone(experiment.backbone).backbone
+  backbone = backbone or load_backbone(experiment.backbone).backbone
   model = MspModel(backbone, domain.ontology, mixture)
   return Setup(domain, seeds, experiment.backbone, model, shapes,
                manifest_for(experiment.backbone, backbone.embed_dim, domain, mixture, shapes))
