@@ -60,4 +60,5 @@ TINY_RUN_FLAGS = ["--gin_file", "runs/quickstart.gin", "--quiet",
                   "--gin.msp.GenerationSettings.target_count=6", "--gin.msp.SamplingConfig.max_new_tokens=8",
                   "--gin.msp.SamplingConfig.constrained=False",
                   "--gin.msp.TaskModelConfig.max_epochs=1", "--gin.msp.TaskModelConfig.max_buckets=1",
+                  "--gin.msp.TaskModelConfig.encoder='random:bert-tiny'",
                   "--gin.msp.downstream_evaluation.repeats=1"]

@@ -30,7 +30,8 @@ from msp_jax.data.schema import Example, Ontology
 from msp_jax.errors import ConfigError
 from msp_jax.evaluation import predictions, topv2_parse
 from msp_jax.evaluation.heads import LabelSpace
-from msp_jax.evaluation.task_models import PretrainedEncoder, TaskModelConfig, bucket_lengths, encode, minilm
+from msp_jax.evaluation.task_models import (PretrainedEncoder, TaskModelConfig, bucket_lengths, encode,
+                                           load_encoder)
 from msp_jax.evaluation.task_models import predict, train
 
 REPORT_FILE = "report.json"
@@ -62,7 +63,7 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], validatio
     space.check(validation, "validation")
   for name, examples in training_sets.items():
     space.check(examples, f"{name!r} training")
-  encoder = encoder or minilm()
+  encoder = encoder or load_encoder(config.encoder)
   buckets = shared_buckets(training_sets, validation, test, space, encoder, config.max_buckets)
   out_dir = pathlib.Path(out_dir)
   report: dict = {"task": ontology.task, "domain": ontology.domain, "test_examples": len(test),

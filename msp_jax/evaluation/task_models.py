@@ -1,8 +1,8 @@
 """Fine-tuned downstream task models: the MiniLM encoder (all-MiniLM-L6-v2) and the heads of `heads`, trained end
 to end with Optax on a training set and selected on a validation set.
 
-  encoder = minilm()                                        # weights and tokenizer, loaded once per process
-  model = train(examples, LabelSpace.of(ontology), TaskModelConfig(), encoder, validation=dev)
+  encoder = load_encoder(config.encoder)                    # weights and tokenizer, loaded once per process
+  model = train(examples, LabelSpace.of(ontology), config, encoder, validation=dev)
   predicted = predict(model, test, encoder)                 # one `predictions.labels` object per example
 
 Training:
@@ -46,6 +46,8 @@ from msp_jax.evaluation import heads, predictions, spans, tagging, topv2_parse
 from msp_jax.evaluation.heads import LabelSpace
 
 Params = Any
+MINILM, RANDOM_TINY = "all-minilm-l6-v2", "random:bert-tiny"
+ENCODERS = (MINILM, RANDOM_TINY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,7 @@ class TaskModelConfig:
   threshold: float = 0.5             # multi-label intents: predicted when their probability reaches it
   train_word_embeddings: bool = True
   seed: int = 0
+  encoder: str = MINILM  # one of ENCODERS: the pretrained MiniLM, or a tiny random BERT (smoke runs and tests)
 
   def __post_init__(self):
     for field in ("batch_size", "max_epochs", "patience", "max_buckets"):
@@ -77,6 +80,8 @@ class TaskModelConfig:
     if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.warmup_fraction < 1.0:
       raise ConfigError(f"TaskModelConfig: dropout={self.dropout} and warmup_fraction={self.warmup_fraction} "
                         "must be in [0, 1)")
+    if self.encoder not in ENCODERS:
+      raise ConfigError(f"TaskModelConfig.encoder={self.encoder!r}: expected one of {', '.join(ENCODERS)}")
     if not 0.0 < self.threshold < 1.0:
       raise ConfigError(f"TaskModelConfig.threshold={self.threshold}: expected a probability in (0, 1)")
 
@@ -88,6 +93,26 @@ class PretrainedEncoder:
   config: bert.BertConfig
   params: Params
   tokenizer: WordPieceTokenizer
+
+
+def load_encoder(name: str) -> PretrainedEncoder:
+  """The encoder `TaskModelConfig.encoder` names (module docstring), loaded once per process."""
+  if name == MINILM:
+    return minilm()
+  if name == RANDOM_TINY:
+    return random_tiny()
+  raise ConfigError(f"TaskModelConfig.encoder={name!r}: expected one of {', '.join(ENCODERS)}")
+
+
+@functools.lru_cache(maxsize=1)
+def random_tiny() -> PretrainedEncoder:
+  """A 2-layer, 64-wide BERT with random weights and MiniLM's WordPiece tokenizer: trains in a fraction of
+  MiniLM's time and learns nothing a test should rely on beyond its toy rules (tests and CI's tiny runs)."""
+  path = minilm_weights.minilm_model_dir()
+  config = bert.BertConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                           max_position_embeddings=128, max_seq_length=128)
+  return PretrainedEncoder(config, bert.init_params(config, jax.random.PRNGKey(0)),
+                           WordPieceTokenizer(path / "tokenizer.json", config.max_seq_length))
 
 
 @functools.lru_cache(maxsize=2)

@@ -91,7 +91,7 @@ class ExperimentRunner:
   @property
   def encoder(self):
     if self._encoder is None:
-      self._encoder = task_models.minilm()
+      self._encoder = task_models.load_encoder(self.base.task_model.encoder)
     return self._encoder
 
   def log(self, line: str) -> None:
