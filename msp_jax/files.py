@@ -14,11 +14,14 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import gzip
+import io
 import json
 import os
 import pathlib
 import re
 import secrets
+import zlib
 from typing import Any, Iterable, Iterator
 
 from msp_jax.errors import ConfigError, DataError
@@ -96,14 +99,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_jsonl_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
-  """One JSON object a line, written atomically."""
-  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  """One JSON object a line, written atomically; gzipped when `path` ends in '.gz' (with no timestamp, so the
+  same rows give the same bytes)."""
+  with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+    packed = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if str(path).endswith(".gz") else None
+    with io.TextIOWrapper(packed or raw, encoding="utf-8", newline="\n") as f:
+      for row in rows:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def text_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
-  """(line number, line) of a UTF-8 text file, a leading byte-order mark dropped.
+  """(line number, line) of a UTF-8 text file (gzipped when its name ends in '.gz'), a leading byte-order mark
+  dropped.
 
   Lines end at '\\n' only: U+2028 and the other characters `str.splitlines` breaks at may sit inside a JSON
   string or a CSV cell. Without `keep_ends` the line ending ('\\n' or '\\r\\n') is removed.
@@ -115,11 +122,11 @@ def text_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[
   if not path.is_file():
     raise DataError(f"{path}: no such file")
   try:
-    f = open(path, "rb")
+    f = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
   except OSError as e:
     raise DataError(f"{path}: cannot read ({e.strerror})") from None
   with f:
-    for number, raw in enumerate(f, start=1):
+    for number, raw in _numbered(f, path):
       if number == 1 and raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
       try:
@@ -130,6 +137,19 @@ def text_lines(path: str | os.PathLike, *, keep_ends: bool = False) -> Iterator[
       if not keep_ends:
         line = line[:-2] if line.endswith("\r\n") else line.rstrip("\n")
       yield number, line
+
+
+def _numbered(f, path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
+  """(line number, raw line) of an open binary file; a damaged gzip stream is a DataError naming the file."""
+  lines = enumerate(f, start=1)
+  while True:
+    try:
+      item = next(lines)
+    except StopIteration:
+      return
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+      raise DataError(f"{path}: damaged gzip data ({e}); write the file again") from None
+    yield item
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import gzip
 import json
 import os
 import pathlib
@@ -122,3 +123,16 @@ def test_a_read_only_workdir_is_one_line(tmp_path, monkeypatch):
   with pytest.raises(ConfigError) as e:
     files.writable_directory(tmp_path)
   assert str(e.value) == f"workdir {tmp_path}: cannot write in the folder (Read-only file system)"
+
+
+def test_gzipped_jsonl_round_trips_byte_for_byte_and_damage_is_one_line(tmp_path):
+  rows = [{"uid": f"u{i}", "text": "caf\u00e9 \u2028 line", "n": i} for i in range(50)]
+  first, second = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+  files.write_jsonl_rows(first, rows)
+  files.write_jsonl_rows(second, rows)
+  assert first.read_bytes() == second.read_bytes()  # no timestamp in the header
+  assert gzip.decompress(first.read_bytes()).decode("utf-8").count("\n") == 50
+  assert [row for _, row in files.read_jsonl_rows(first)] == rows
+  first.write_bytes(first.read_bytes()[:-20])
+  with pytest.raises(DataError, match="a.jsonl.gz: damaged gzip data"):
+    list(files.read_jsonl_rows(first))

@@ -47,10 +47,11 @@ def _folder_name(name: str) -> str:
 def compare_training_sets(training_sets: dict[str, Sequence[Example]], validation: Sequence[Example],
                           test: Sequence[Example], ontology: Ontology,
                           config: TaskModelConfig = TaskModelConfig(), repeats: int = 3,
-                          out_dir: str | os.PathLike = "downstream", encoder: PretrainedEncoder | None = None
-                          ) -> dict:
+                          out_dir: str | os.PathLike = "downstream", encoder: PretrainedEncoder | None = None,
+                          predictions_name: str = "predictions.jsonl") -> dict:
   """Trains a task model per training set and seed (config.seed, config.seed + 1, ...), selected on
-  `validation` (may be empty: last epoch), predicts `test` and writes the predictions (module docstring).
+  `validation` (may be empty: last epoch), predicts `test` and writes the predictions (module docstring) to
+  `predictions_name` in each run's folder ('predictions.jsonl.gz': gzipped).
 
   Raises ConfigError for an empty test or training set, repeats < 1; DataError for a label absent from the
   ontology or a span outside its text (naming the split and the example).
@@ -77,7 +78,7 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], validatio
       run_config = dataclasses.replace(config, seed=config.seed + offset)
       model = train(examples, space, run_config, encoder, validation, buckets)
       rows = [predictions.row(e, p) for e, p in zip(test, predict(model, test, encoder))]
-      relative = pathlib.Path(_folder_name(name)) / f"seed{run_config.seed}" / "predictions.jsonl"
+      relative = pathlib.Path(_folder_name(name)) / f"seed{run_config.seed}" / predictions_name
       predictions.write(out_dir / relative, rows)
       runs.append({"seed": run_config.seed, "predictions": relative.as_posix(),
                    "scores": predictions.score_rows(rows, ontology.task), "best_epoch": model.best_epoch,

@@ -69,6 +69,9 @@ class TaskModelConfig:
   train_word_embeddings: bool = True
   seed: int = 0
   encoder: str = MINILM  # one of ENCODERS: the pretrained MiniLM, or a tiny random BERT (smoke runs and tests)
+  # 'bfloat16': the encoder's matmuls take bfloat16 inputs (float32 accumulation); weights, optimizer state, layer
+  # norms, softmax and heads stay float32.
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     for field in ("batch_size", "max_epochs", "patience", "max_buckets"):
@@ -80,6 +83,8 @@ class TaskModelConfig:
     if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.warmup_fraction < 1.0:
       raise ConfigError(f"TaskModelConfig: dropout={self.dropout} and warmup_fraction={self.warmup_fraction} "
                         "must be in [0, 1)")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ConfigError(f"TaskModelConfig.compute_dtype={self.compute_dtype!r}: expected 'float32' or 'bfloat16'")
     if self.encoder not in ENCODERS:
       raise ConfigError(f"TaskModelConfig.encoder={self.encoder!r}: expected one of {', '.join(ENCODERS)}")
     if not 0.0 < self.threshold < 1.0:

@@ -8,7 +8,7 @@ then has the experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/
 
   correctness   generated cells: the oracle model's predictions on the kept set (`label_checks.correctness`)
   task_models   the fine-tuned task model on seed (+ the cell's synthetic set), `repeats` seeds, scored on the
-                test split; predictions under `<cell>/downstream/<method>/seed<k>/predictions.jsonl`
+                test split; predictions under `<cell>/downstream/<method>/seed<k>/predictions.jsonl.gz`
 
 A cell's stage fingerprints cover the experiment's split of its domain (`domains.split_fingerprint`), so a
 changed split or setting re-runs exactly the stages it affects.

@@ -31,6 +31,7 @@ from msp_jax.run import cache, workflow
 from msp_jax.synthesis import export, synthetic_metrics
 
 LOG_FILE = "experiment.log"
+PREDICTIONS_FILE = "predictions.jsonl.gz"  # a run's test predictions, gzipped: the experiment commits them
 
 
 class ExperimentRunner:
@@ -240,7 +241,7 @@ class ExperimentRunner:
     report = compare.compare_training_sets({cell.name: training}, domain.data.splits["validation"],
                                            self.test_examples(cell.domain), domain.data.ontology,
                                            self.base.task_model, self.matrix.repeats, out_dir=out,
-                                           encoder=self.encoder)
+                                           encoder=self.encoder, predictions_name=PREDICTIONS_FILE)
     report_file = compare.write_report(out, report)
     outputs = [out / run["predictions"] for row in report["sets"].values() for run in row["runs"]]
     return {"report": report, "report_file": str(report_file)}, [report_file, *outputs]
