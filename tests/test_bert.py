@@ -115,3 +115,29 @@ def test_embed_fn_is_the_masked_mean_of_hidden_states_normalised(rng):
 def test_config_rejects_heads_that_do_not_divide_the_hidden_size():
   with pytest.raises(ConfigError, match=r"hidden_size=24 must be a multiple of num_heads=5"):
     bert.BertConfig(hidden_size=24, num_heads=5)
+
+
+def test_bfloat16_dense_gradients_match_float64_within_bfloat16_rounding(rng):
+  """`precision.dense` on a bfloat16 kernel: value and both gradients (its custom VJP runs the gradient matmuls
+  on bfloat16 inputs) against float64 NumPy on the same bfloat16-rounded operands."""
+  import jax.numpy as jnp
+  from msp_jax.encoders import precision
+
+  x = rng.standard_normal((3, 5, 64)).astype(np.float32)
+  kernel = (rng.standard_normal((64, 96)) / 8).astype(np.float32)
+  bias = rng.standard_normal(96).astype(np.float32)
+  upstream = rng.standard_normal((3, 5, 96)).astype(np.float32)
+
+  def loss(x, kernel):
+    return jnp.sum(precision.dense(x, kernel.astype(jnp.bfloat16), bias) * upstream)
+
+  value, (dx, dkernel) = jax.value_and_grad(loss, argnums=(0, 1))(x, kernel)
+  as64 = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
+  x64, k64, g64 = as64(x), as64(kernel), as64(upstream)
+  np.testing.assert_allclose(value, np.sum((x64 @ k64 + bias) * upstream), rtol=1e-4)
+  np.testing.assert_allclose(dx, g64 @ k64.T, rtol=2e-2, atol=2e-2)
+  expected = x64.reshape(-1, 64).T @ g64.reshape(-1, 96)
+  assert dkernel.dtype == np.float32  # widened back to the float32 weights
+  np.testing.assert_allclose(dkernel, expected, rtol=2e-2, atol=5e-2)
+  float32_dkernel = jax.grad(lambda k: jnp.sum((jnp.asarray(x) @ k + bias) * upstream))(kernel)
+  assert np.abs(np.asarray(dkernel) - float32_dkernel).max() < 0.02 * np.abs(float32_dkernel).max()

@@ -161,10 +161,10 @@ def test_generation_seeds_share_prompts_and_a_committed_experiment_is_not_retrai
 
 def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter():
   matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only", "msp_consistency"), generation_seeds=(0,),
-                            ablation_domain="b", ablation_mixers=("attention", "cnn"))
+                            ablation_domain="a", ablation_mixers=("attention", "cnn"))
   names = [(c.domain, c.name) for c in cfg.expand(matrix, "attention")]
   assert names == [("a", "seed_only"), ("a", "msp-attention"), ("a", "msp_consistency-attention"),
-                   ("b", "seed_only"), ("b", "msp-attention"), ("b", "msp_consistency-attention"), ("b", "msp-cnn")]
+                   ("b", "seed_only"), ("b", "msp-attention"), ("b", "msp_consistency-attention"), ("a", "msp-cnn")]
 
 
 @pytest.mark.parametrize("binding,expected", [

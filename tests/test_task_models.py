@@ -124,8 +124,9 @@ def test_the_tagger_learns_a_toy_entity_rule_and_decodes_valid_spans(encoder):
   assert scores(untrained, test, encoder, "ner")["entity_f1"] < 50
 
 
-def test_the_multi_label_intent_head_and_slot_tagger_learn_a_keyword_rule(encoder):
-  model = fit(intent_examples(200, 0), MULTI, FAST, encoder)
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_the_multi_label_intent_head_and_slot_tagger_learn_a_keyword_rule(encoder, compute_dtype):
+  model = fit(intent_examples(200, 0), MULTI, dataclasses.replace(FAST, compute_dtype=compute_dtype), encoder)
   result = scores(model, intent_examples(60, 1), encoder, "multi_intent")
   assert result["intent_f1"] > 90 and result["slot_f1"] > 90
   predicted = predict(model, intent_examples(60, 1), encoder)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from msp_jax import runtime
 from msp_jax.errors import ConfigError
+from msp_jax.mixed_precision import bfloat16_matmul
 from msp_jax.kernels import bf16_matmul
 
 MATMUL_DTYPES = ("float32", "bfloat16")
@@ -48,6 +49,8 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   one packed for the CPU bfloat16 matmul (`bf16_matmul.pack`): same arithmetic, through the custom call."""
   if kernel.ndim == 4:
     return bf16_matmul.matmul(x, kernel, bias)
+  if kernel.dtype == jnp.bfloat16:
+    return bfloat16_matmul(x.astype(jnp.float32), kernel) + bias.astype(jnp.float32)  # bfloat16 gradients too
   y = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
   return y + bias.astype(jnp.float32)
 

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from msp_jax.data.schema import Example
-from msp_jax.encoders import bert, minilm_weights
+from msp_jax.encoders import bert, minilm_weights, precision
 from msp_jax.encoders.wordpiece import WordPieceTokenizer
 from msp_jax.errors import ConfigError
 from msp_jax.evaluation import heads, predictions, spans, tagging, topv2_parse
@@ -219,11 +219,16 @@ def _merge(encoder: Params, frozen: Params) -> Params:
 
 
 def _forward(trainable: Params, frozen: Params, ids: jax.Array, mask: jax.Array, config: bert.BertConfig,
-             dropout_scale: jax.Array | None = None):
+             compute_dtype: str, dropout_scale: jax.Array | None = None):
   """-> (intent logits, tag logits) of `heads.apply_heads`. dropout_scale [batch, length, hidden]: 0 where a
   hidden unit is dropped, 1 / (1 - rate) elsewhere (drawn on the host: an in-graph random generator costs
-  about as much compile time on CPU as the rest of the step)."""
-  hidden = bert.hidden_states(_merge(trainable["encoder"], frozen), ids, mask, config)
+  about as much compile time on CPU as the rest of the step). compute_dtype 'bfloat16': the encoder layers'
+  kernels are cast inside the step (`precision.matmul_params`), so their gradients flow back to the float32
+  weights and only the matmuls read bfloat16."""
+  encoder = _merge(trainable["encoder"], frozen)
+  if compute_dtype != "float32":
+    encoder = precision.matmul_params(encoder, compute_dtype, pack=False)
+  hidden = bert.hidden_states(encoder, ids, mask, config)
   if dropout_scale is not None:
     hidden = hidden * dropout_scale
   return heads.apply_heads(trainable["heads"], hidden, mask)
@@ -244,14 +249,14 @@ def _rates(config: TaskModelConfig, schedule: float) -> dict[str, np.float32]:
 
 
 @functools.lru_cache(maxsize=8)
-def _steps(bert_config: bert.BertConfig, multi_label: bool):
+def _steps(bert_config: bert.BertConfig, multi_label: bool, compute_dtype: str = "float32"):
   """(Adam moments transform, jitted train step, jitted predict), compiled once per shape. Learning rates,
   weight decay and dropout are arguments, not constants, so models with any settings and seeds share them."""
   adam = optax.scale_by_adam()
 
   def loss_fn(trainable, frozen, batch):
     intent_logits, tag_logits = _forward(trainable, frozen, batch["ids"], batch["mask"], bert_config,
-                                         batch["dropout_scale"])
+                                         compute_dtype, batch["dropout_scale"])
     return heads.loss(intent_logits, tag_logits, batch["intents"], batch["tags"], batch["weights"], multi_label)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -273,7 +278,7 @@ def _steps(bert_config: bert.BertConfig, multi_label: bool):
   def predict_step(trainable, frozen, ids, mask):
     """-> (intent probabilities [batch, n_intents], tag log-probabilities [batch, length, n_tags]); empty
     arrays for a head the model lacks."""
-    intent_logits, tag_logits = _forward(trainable, frozen, ids, mask, bert_config)
+    intent_logits, tag_logits = _forward(trainable, frozen, ids, mask, bert_config, compute_dtype)
     if intent_logits is None:
       intent_scores = jnp.zeros((ids.shape[0], 0))
     else:
@@ -327,7 +332,7 @@ class Training:
   def __init__(self, data: Encoded, space: LabelSpace, config: TaskModelConfig, encoder: PretrainedEncoder,
                buckets: tuple[int, ...]):
     self.data, self.space, self.config, self.encoder = data, space, config, encoder
-    self.adam, self.train_step, _ = _steps(encoder.config, space.multi_label)
+    self.adam, self.train_step, _ = _steps(encoder.config, space.multi_label, config.compute_dtype)
     encoder_params, self.frozen = _split(encoder.params, config.train_word_embeddings)
     # Separate streams: the heads' initial weights, the example order, the dropout masks.
     head_rng, self.order_rng, self.dropout_rng = (np.random.default_rng([config.seed, k]) for k in range(3))
@@ -414,7 +419,7 @@ def _eval_rows(length: int) -> int:
 def _predict_encoded(trainable: Params, frozen: Params, data: Encoded, examples: Sequence[Example],
                      space: LabelSpace, config: TaskModelConfig, encoder: PretrainedEncoder,
                      buckets: tuple[int, ...]) -> list[dict]:
-  _, _, predict_step = _steps(encoder.config, space.multi_label)
+  _, _, predict_step = _steps(encoder.config, space.multi_label, config.compute_dtype)
   allowed = tagging.allowed_transitions(space.tags) if space.tags else None
   out: list[dict | None] = [None] * len(examples)
   longest = max(buckets[-1], int(data.lengths.max()) if len(examples) else 0)

@@ -126,8 +126,9 @@ def _safe(name: str) -> str:
 
 
 def expand(matrix: MatrixConfig, msp_mixer: str) -> list[Cell]:
-  """Every cell, in the order they run: per domain, the methods in the matrix's order (msp with `msp_mixer`),
-  then the ablation's other mixers; msp_consistency after the msp cell it filters."""
+  """Every cell, in the order they run: per domain, the methods in the matrix's order (msp with `msp_mixer`;
+  msp_consistency after the msp cell it filters); then the ablation's other mixers, so an experiment split
+  over sessions has every domain's main table before the ablation."""
   cells: list[Cell] = []
   for domain in matrix.domains:
     for method in matrix.methods:
@@ -138,8 +139,8 @@ def expand(matrix: MatrixConfig, msp_mixer: str) -> list[Cell]:
       if method == MSP_CONSISTENCY and MSP not in matrix.methods:
         cells.extend(Cell(domain, MSP, msp_mixer, s) for s in matrix.generation_seeds)  # what it filters
       cells.extend(Cell(domain, method, mixer, s) for s in matrix.generation_seeds)
-    if domain == matrix.ablation_domain:
-      cells.extend(Cell(domain, MSP, mixer, s) for mixer in matrix.ablation_mixers if mixer != msp_mixer
-                   for s in matrix.generation_seeds)
+  if matrix.ablation_domain is not None:
+    cells.extend(Cell(matrix.ablation_domain, MSP, mixer, s) for mixer in matrix.ablation_mixers
+                 if mixer != msp_mixer for s in matrix.generation_seeds)
   unique: dict[Cell, None] = dict.fromkeys(cells)
   return list(unique)
