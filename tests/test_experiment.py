@@ -167,6 +167,14 @@ def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter
                    ("b", "seed_only"), ("b", "msp-attention"), ("b", "msp_consistency-attention"), ("a", "msp-cnn")]
 
 
+def test_domain_shapes_name_an_experiment_domain_and_two_sizes():
+  assert cfg.MatrixConfig(domains=("a",), domain_shapes={"a": (64, 32)}).domain_shapes["a"] == (64, 32)
+  with pytest.raises(ConfigError, match="domain_shapes: 'b' is not one of the experiment's domains"):
+    cfg.MatrixConfig(domains=("a",), domain_shapes={"b": (64, 32)})
+  with pytest.raises(ConfigError, match=r"domain_shapes\['a'\]=\(64,\): expected \(max_text_len, max_target_len\)"):
+    cfg.MatrixConfig(domains=("a",), domain_shapes={"a": (64,)})
+
+
 @pytest.mark.parametrize("binding,expected", [
     ("msp.experiment_matrix.methods = ['msp', 'gpt4']", "unknown method 'gpt4'"),
     ("msp.experiment_matrix.domains = ['no_such_domain']", "no_such_domain"),
