@@ -313,16 +313,13 @@ class ExperimentRunner:
 
 
 def check_trained_prompts(runner_cells: Sequence[cfg.Cell], root: pathlib.Path, matrix: cfg.MatrixConfig) -> None:
-  """Before reporting without running (`--only-report`): ConfigError naming the first method that needs trained
-  prompts when none of its cells has trained them (no train stage record). A matrix partly run (split over
-  sessions) reports its finished cells and lists the others as missing."""
-  trainers: dict[str, list[cfg.Cell]] = {}
+  """Before reporting without running (`--only-report`) a matrix none of whose cells has finished: ConfigError
+  naming the first method that needs trained prompts and has none. A matrix partly run (split over sessions)
+  reports its finished cells and lists the others as missing."""
+  if any(cache.read_record(root / cell.relative_dir, cells.TASK_MODELS) for cell in runner_cells):
+    return
   for cell in runner_cells:
     trainer = cells.train_cell(cell, matrix)
-    if trainer is not None:
-      trainers.setdefault(cell.method, []).append(trainer)
-  for method, cells_of_method in trainers.items():
-    if not any(cache.read_record(root / t.relative_dir, "train") for t in cells_of_method):
-      where = root / cells_of_method[0].relative_dir
-      raise ConfigError(f"{where}: method {method!r} needs trained prompts and no cell of it has any; run "
-                        "`msp experiment` without --only-report first")
+    if trainer is not None and cache.read_record(root / trainer.relative_dir, "train") is None:
+      raise ConfigError(f"{root / trainer.relative_dir}: method {cell.method!r} needs trained prompts and this "
+                        "experiment has none yet; run `msp experiment` without --only-report first")
