@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from msp_jax import files
 from msp_jax.cli import main
 from msp_jax.commands import experiment as experiment_command
 from msp_jax.errors import ConfigError
@@ -84,10 +85,11 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   assert results.recompute(workdir, json.loads(path.read_text())) == []
   # A tampered predictions file no longer reproduces the figures.
   predictions_file = workdir / msp_row["runs"][0]["predictions"]
-  rows = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+  assert predictions_file.name == "predictions.jsonl.gz"
+  rows = [row for _, row in files.read_jsonl_rows(predictions_file)]
   rows[0]["predicted"]["intents"] = [] if rows[0]["predicted"]["intents"] != [] else rows[0]["gold"]["intents"]
   tampered = json.loads(path.read_text())
-  predictions_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  files.write_jsonl_rows(predictions_file, rows)
   assert results.recompute(workdir, tampered)
 
   report.render(collected, workdir)
