@@ -21,6 +21,7 @@ from msp_jax.errors import ConfigError
 from msp_jax.experiment import cells, config as cfg, report, results, runner
 from msp_jax.experiment.domains import experiment_domain, nlupp_folds
 from msp_jax.run import cache
+from msp_jax.run.setup import prompt_checkpoint_dir
 from msp_jax.synthesis import generation
 
 TINY = ["experiments/tiny.gin"]
@@ -117,7 +118,7 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path):
                    ("msp-attention", cells.TASK_MODELS), ("msp_consistency-attention", cells.CONSISTENCY),
                    ("msp_consistency-attention", cells.CORRECTNESS), ("msp_consistency-attention", cells.TASK_MODELS)]
   in_context = experiment.run_of(cfg.Cell("front_desk", cfg.IN_CONTEXT, None, 0))
-  assert in_context.config.mixture.mixer == "none" and not cells.has_prompts(in_context.config.workdir)
+  assert in_context.config.mixture.mixer == "none" and not prompt_checkpoint_dir(in_context.config.workdir).is_dir()
   summary = cache.read_record(experiment.cell_dir(cfg.Cell("front_desk", cfg.MSP_CONSISTENCY, "attention", 0)),
                               cells.CONSISTENCY).summary
   counts = summary["metrics"]["consistency"]

@@ -83,8 +83,9 @@ class TaskModelConfig:
     if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.warmup_fraction < 1.0:
       raise ConfigError(f"TaskModelConfig: dropout={self.dropout} and warmup_fraction={self.warmup_fraction} "
                         "must be in [0, 1)")
-    if self.compute_dtype not in ("float32", "bfloat16"):
-      raise ConfigError(f"TaskModelConfig.compute_dtype={self.compute_dtype!r}: expected 'float32' or 'bfloat16'")
+    if self.compute_dtype not in precision.MATMUL_DTYPES:
+      raise ConfigError(f"TaskModelConfig.compute_dtype={self.compute_dtype!r}: expected one of "
+                        f"{', '.join(precision.MATMUL_DTYPES)}")
     if self.encoder not in ENCODERS:
       raise ConfigError(f"TaskModelConfig.encoder={self.encoder!r}: expected one of {', '.join(ENCODERS)}")
     if not 0.0 < self.threshold < 1.0:

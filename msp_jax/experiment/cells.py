@@ -25,11 +25,9 @@ import jax
 
 from msp_jax.backbones.base import Backbone
 from msp_jax.data.schema import DomainData
-from msp_jax.errors import ConfigError
 from msp_jax.experiment import config as cfg
 from msp_jax.experiment.domains import ExperimentDomain
 from msp_jax.run import cache, workflow
-from msp_jax.run.setup import Setup, load_prompts, load_setup, prompt_checkpoint_dir
 from msp_jax.tuning.msp_model import INSTRUCTION, NO_ATTRIBUTE_PROMPTS
 
 CONSISTENCY, CORRECTNESS, TASK_MODELS = "consistency", "correctness", "task_models"
@@ -57,23 +55,20 @@ class CellRun(workflow.Run):
     super().__init__(config, **kwargs)
     self.domain = domain  # shadows Run's cached property
     self.untrained = untrained
-    self.backbone = backbone  # the experiment's one frozen backbone (every cell shares its weights)
-    self.prompts_workdir = prompts_workdir or config.workdir  # where the prompts it samples from are trained
+    self._backbone = backbone  # the experiment's one frozen backbone (every cell shares its weights)
+    self._prompts_workdir = prompts_workdir or config.workdir  # where the prompts it samples from are trained
 
-  @functools.cached_property
-  def setup(self) -> Setup:
-    c = self.config
-    return load_setup(c.experiment, mixture=c.mixture, shapes=c.shapes, seed=c.training.seed, domain=self.domain,
-                      backbone=self.backbone())
+  def shared_backbone(self) -> Backbone:
+    return self._backbone()
+
+  @property
+  def prompts_workdir(self) -> pathlib.Path:
+    return self._prompts_workdir
 
   @functools.cached_property
   def prompts(self) -> tuple[Any, dict, pathlib.Path]:
     if not self.untrained:
-      checkpoint = prompt_checkpoint_dir(self.prompts_workdir)
-      if not checkpoint.is_dir():
-        raise ConfigError(f"{checkpoint}: no trained prompts for {self.config.workdir}; its train stage runs in "
-                          f"{self.prompts_workdir}")
-      return load_prompts(self.setup, checkpoint)
+      return super().prompts
     params = self.setup.model.init(jax.random.PRNGKey(self.config.training.seed), self.setup.frozen_params)
     return params, self.setup.manifest, self.config.workdir / UNTRAINED
 
@@ -154,7 +149,3 @@ def stage_seconds(workdir: pathlib.Path) -> dict[str, float | None]:
     if record is not None:
       out[stage] = record.seconds
   return out
-
-
-def has_prompts(workdir: pathlib.Path) -> bool:
-  return prompt_checkpoint_dir(workdir).is_dir()

@@ -32,6 +32,7 @@ from typing import Any, Callable, Collection, Sequence, TypeVar
 import jax
 
 from msp_jax import files
+from msp_jax.backbones.base import Backbone
 from msp_jax.data import catalog
 from msp_jax.data.registry import SyntheticSet
 from msp_jax.data.schema import DomainData, Example
@@ -121,15 +122,26 @@ class Run:
     """The run's domain (ontology and splits), read once for the checks, the setup and the downstream stage."""
     return catalog.load_task_data(self.config.experiment.task, self.config.experiment.data_dir)
 
+  def shared_backbone(self) -> Backbone | None:
+    """A frozen backbone already loaded in this process to use instead of loading `experiment.backbone`
+    (None here: every `msp` command runs one workdir; the experiment's cells share one)."""
+    return None
+
+  @property
+  def prompts_workdir(self) -> pathlib.Path:
+    """The workdir whose trained prompts this run samples from (its own)."""
+    return self.config.workdir
+
   @functools.cached_property
   def setup(self) -> Setup:
     c = self.config
-    return load_setup(c.experiment, mixture=c.mixture, shapes=c.shapes, seed=c.training.seed, domain=self.domain)
+    return load_setup(c.experiment, mixture=c.mixture, shapes=c.shapes, seed=c.training.seed, domain=self.domain,
+                      backbone=self.shared_backbone())
 
   @functools.cached_property
   def prompts(self) -> tuple[Any, dict, pathlib.Path]:
     """(soft params, manifest, checkpoint step folder) of the trained prompts."""
-    checkpoint = prompt_checkpoint_dir(self.config.workdir)
+    checkpoint = prompt_checkpoint_dir(self.prompts_workdir)
     if not checkpoint.is_dir():
       raise ConfigError(f"{checkpoint}: no trained prompts in this workdir; run `msp train` (or `msp run`) with "
                         "the same gin file first")
