@@ -5,6 +5,9 @@ each: 4 global devices), joined through `msp_jax.distributed.initialize()` from 
 the same batch and backbone, shards them over a data=2 x model=2 mesh (so 'data' crosses the two processes
 and 'model' stays inside each) and runs one `training.make_train_step` step. Both must report the same
 loss / gradient norm / updated params, equal (to f32 round-off) to one step on a single device.
+
+The 2-process generation test has each process sample its share of the batches (`generation.generate`), gather
+the others' and return the 1-process result; and checks who runs and records a shared / coordinator-only stage.
 """
 
 from __future__ import annotations
@@ -178,3 +181,80 @@ def test_two_processes_train_step_matches_one_device():
   got_params, ref_params = (np.concatenate([np.asarray(p) for p in r["params"]]) for r in (got, ref))
   close = np.isclose(got_params, ref_params, rtol=1e-4, atol=1e-6)
   assert close.mean() > 0.99, (close.mean(), seed)
+
+
+GENERATION_WORKER = r"""
+import dataclasses, json, pathlib, sys, time
+from msp_jax import distributed
+assert distributed.initialize()
+""" + toy_domain.IMPORT_TOY_DOMAIN + r"""
+import jax
+from msp_jax.run import workflow
+from msp_jax.run.setup import Experiment
+from msp_jax.synthesis import generation
+from msp_jax.tuning.model_inputs import InputShapes
+
+seed, workdir = int(sys.argv[1]), sys.argv[2]
+bb, model, _, soft = toy_step_inputs("random:llama-tiny", batch_size=2, seed=seed)
+# 9 outputs in batches of 2: 5 batches, the last one padded; process 0 samples batches 0, 2, 4 and process 1
+# batches 1, 3. A hot, penalised sampler: the random backbone's outputs differ from batch to batch.
+requests = [generation.GenerationRequest(e.uid, e.attributes, 3, novel=k == 2) for k, e in enumerate(EXAMPLES[:3])]
+sampling = generation.SamplingConfig(max_new_tokens=8, batch_size=2, constrained=False, temperature=1.5, top_k=0,
+                                     repetition_penalty=2.0)
+
+def generate(shard):
+  r = generation.generate(model, soft, bb.params, requests, list(EXAMPLES), label_mode="inherit",
+                          shapes=InputShapes(max_attributes=2, max_text_len=40, max_target_len=20),
+                          sampling=sampling, rng=jax.random.PRNGKey(seed), show_progress=False,
+                          shard_over_processes=shard)
+  return {"candidates": [generation.candidate_to_dict(c) for c in r.candidates], "raw_texts": list(r.raw_texts),
+          "generated": r.generated, "dropped": r.dropped, "outcomes": r.outcomes,
+          "closed_by_budget": r.closed_by_budget, "sampled_batches": r.sampled_batches}
+
+out = {"sharded": generate(True)}
+if distributed.is_coordinator():  # the single-process run, on this process alone
+  out["reference"] = generate(False)
+
+# Run._stage in a multi-process run: who computes, who writes the record, what every process gets back.
+@dataclasses.dataclass(frozen=True)
+class Note:
+  process: int
+  def to_json(self):
+    return {"process": self.process}
+  @classmethod
+  def from_json(cls, raw):
+    return cls(raw["process"])
+
+calls = []
+def compute(name):
+  def run():
+    calls.append(name)
+    if distributed.is_coordinator():
+      time.sleep(2)  # the others must wait for the record, not read a missing one
+    return Note(jax.process_index()), []
+  return run
+
+run = workflow.Run(workflow.RunConfig(experiment=Experiment(workdir=workdir)), show_progress=False,
+                   report=lambda line: None)
+notes = [run._stage("shared", "f1", Note, compute("shared"), False, workflow.SHARED),
+         run._stage("shared", "f1", Note, compute("shared again"), False, workflow.SHARED),  # cached: nobody runs it
+         run._stage("alone", "f2", Note, compute("alone"), False, workflow.COORDINATOR)]
+out["stage_calls"], out["stage_notes"] = calls, [n.process for n in notes]
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def test_two_processes_share_generation_and_match_one_process(tmp_path):
+  first, second = run_processes(GENERATION_WORKER, ["3", str(tmp_path)], num_processes=2, timeout=240)
+  reference = first["reference"]
+  assert reference["sampled_batches"] == 5 and reference["generated"] == 9
+  assert len(set(reference["raw_texts"])) > 2, reference["raw_texts"]  # batches out of order would show
+  assert reference["candidates"]  # label_mode='inherit' keeps the texts: deduplication order matters
+  # Each process sampled its own batches (3 and 2 of 5); both gathered all of them: the single-process result.
+  assert (first["sharded"]["sampled_batches"], second["sharded"]["sampled_batches"]) == (3, 2)
+  without_count = lambda r: {k: v for k, v in r.items() if k != "sampled_batches"}  # noqa: E731
+  assert without_count(first["sharded"]) == without_count(second["sharded"]) == without_count(reference)
+  # A shared stage runs on every process, a coordinator stage on process 0 only; a cached one on none. Only
+  # process 0 writes the record, and every process returns it.
+  assert first["stage_calls"] == ["shared", "alone"] and second["stage_calls"] == ["shared"]
+  assert first["stage_notes"] == second["stage_notes"] == [0, 0, 0]

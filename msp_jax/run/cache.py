@@ -22,6 +22,7 @@ import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from msp_jax.config_fields import fingerprinted_fields
 from msp_jax.errors import DataError
 from msp_jax.files import atomic_write_text
 
@@ -34,7 +35,7 @@ def fingerprint(config: Mapping[str, Any]) -> str:
 
 def _plain(value: Any) -> Any:
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return dataclasses.asdict(value)
+    return fingerprinted_fields(value)  # json calls back here for the nested dataclasses
   if isinstance(value, os.PathLike):
     return os.fspath(value)
   return repr(value)

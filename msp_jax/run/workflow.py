@@ -30,8 +30,11 @@ import pathlib
 from typing import Any, Callable, Collection, Sequence, TypeVar
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
-from msp_jax import files
+from msp_jax import distributed, files
+from msp_jax.config_fields import fingerprinted_fields
 from msp_jax.backbones.base import Backbone
 from msp_jax.data import catalog
 from msp_jax.data.registry import SyntheticSet
@@ -55,6 +58,8 @@ SYNTHETIC_DIR = "synthetic"
 GENERATED_DIR = "generated"
 DOWNSTREAM_DIR = "downstream"
 STAGES = ("train", "generate", "denoise", "downstream")  # in the order `msp run` runs them
+# Who runs a stage in a multi-process run (`Run._stage`).
+EACH, SHARED, COORDINATOR = "each", "shared", "coordinator"
 
 # Makes an exported synthetic set visible by name (SeqIO tasks, registry pointer); returns the names.
 Publish = Callable[[SyntheticSet], Sequence[str]]
@@ -85,7 +90,7 @@ class RunConfig:
     return pathlib.Path(self.experiment.workdir)
 
   def train_fingerprint(self) -> str:
-    experiment = {k: v for k, v in dataclasses.asdict(self.experiment).items() if k != "workdir"}
+    experiment = {k: v for k, v in fingerprinted_fields(self.experiment).items() if k != "workdir"}
     return cache.fingerprint({"experiment": experiment, "mixture": self.mixture, "shapes": self.shapes,
                               "training": self.training})
 
@@ -195,13 +200,56 @@ class Run:
         combinations=settings.combinations)
 
   def _stage(self, name: str, fingerprint: str, summary_type: type[Summary],
-             compute: Callable[[], tuple[Summary, Sequence[pathlib.Path]]], force: bool) -> Summary:
-    """Runs a stage through the cache (`cache.run_stage`) and reads its summary back typed."""
+             compute: Callable[[], tuple[Summary, Sequence[pathlib.Path]]], force: bool,
+             processes: str = EACH) -> Summary:
+    """Runs a stage through the cache (`cache.run_stage`) and reads its summary back typed.
+
+    In a multi-process run `processes` says who runs it:
+      EACH: every process runs it as if alone (training: its steps are one program over all processes).
+      SHARED: every process runs `compute`, which does its share of the work and writes files only on the
+        coordinator (generation: each process samples 1/N of the batches).
+      COORDINATOR: the coordinator (process 0) alone runs it; the others wait.
+    With SHARED and COORDINATOR only the coordinator writes the stage record; the others wait at a barrier until
+    it has, then read it back (`_coordinated_stage`).
+    """
     def compute_json():
       summary, outputs = compute()
       return summary.to_json(), outputs
-    record = cache.run_stage(self.config.workdir, name, fingerprint, compute_json, force=force, report=self.report)
-    return _typed(record, summary_type, self.config.workdir)
+    workdir = self.config.workdir
+    if processes == EACH or jax.process_count() == 1:
+      record = cache.run_stage(workdir, name, fingerprint, compute_json, force=force, report=self.report)
+    else:
+      record = self._coordinated_stage(name, fingerprint, compute_json, force, everyone_computes=processes == SHARED)
+    return _typed(record, summary_type, workdir)
+
+  def _coordinated_stage(self, name: str, fingerprint: str,
+                         compute_json: Callable[[], tuple[dict[str, Any], Sequence[pathlib.Path]]], force: bool,
+                         everyone_computes: bool) -> cache.StageRecord:
+    """A stage of a multi-process run whose record only the coordinator writes; every process returns it.
+
+    Whether the stage runs is the coordinator's call (its cache, or `force`), sent to all: a process that
+    skipped a stage the others run would leave them waiting for its share. Non-coordinators run
+    `compute_json` when `everyone_computes` (its summary is the coordinator's to write), then all meet at a
+    barrier after the coordinator has written, and the others read its record from the shared workdir.
+    """
+    workdir, coordinator = self.config.workdir, distributed.is_coordinator()
+    runs = False
+    if everyone_computes:
+      runs = coordinator and (force or cache.cached_record(workdir, name, fingerprint) is None)
+      runs = bool(multihost_utils.broadcast_one_to_all(np.int32(runs)))
+    if coordinator:
+      record = cache.run_stage(workdir, name, fingerprint, compute_json, force=force, report=self.report)
+    elif runs:
+      compute_json()  # this process's share; the summary and the files are the coordinator's to write
+    multihost_utils.sync_global_devices(f"msp_stage_{name}_written")
+    if coordinator:
+      return record
+    record = cache.read_record(workdir, name)
+    if record is None or record.fingerprint != fingerprint:
+      raise ConfigError(f"{cache.record_path(workdir, name)}: process {jax.process_index()} does not see the "
+                        f"record process 0 wrote for stage {name!r}; the workdir must be on a filesystem every "
+                        "host shares (NFS, Lustre, ...)")
+    return record
 
   def _finished(self, stage: str, fingerprint: str, summary_type: type[Summary], missing: str) -> Summary:
     """The summary of an earlier stage this configuration finished; ConfigError naming what to run if not."""
@@ -236,16 +284,17 @@ class Run:
           setup.model, soft_params, setup.frozen_params, requests, setup.seeds, shapes=setup.shapes,
           sampling=settings.sampling, label_mode=settings.label_mode, rng=jax.random.PRNGKey(settings.seed),
           show_progress=self.show_progress)
-      generation.write_candidates(out / "candidates.jsonl", result.candidates)
       plan = {"keep_per_seed": keep, "requests": len(requests),
               "novel_requests": sum(r.count for r in requests if r.novel), "prompt_checkpoint": str(checkpoint)}
-      files.atomic_write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
+      if distributed.is_coordinator():  # every process holds the gathered result; one writes it
+        generation.write_candidates(out / "candidates.jsonl", result.candidates)
+        files.atomic_write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
       summary = GenerateSummary(
           generated=result.generated, candidates=len(result.candidates), dropped=result.dropped,
           outcomes=result.outcomes, novel_generated=plan["novel_requests"],
           novel_candidates=sum(1 for c in result.candidates if c.novel), prompt_checkpoint=str(checkpoint))
       return summary, [out / "candidates.jsonl", out / "plan.json"]
-    return self._stage("generate", self.config.generate_fingerprint(), GenerateSummary, compute, force)
+    return self._stage("generate", self.config.generate_fingerprint(), GenerateSummary, compute, force, SHARED)
 
   # ----------------------------------------------------------------------------------------- denoise
   def denoise(self, force: bool = False, publish: Publish | None = None) -> DenoiseSummary:
@@ -262,7 +311,7 @@ class Run:
       summary = DenoiseSummary(kept=len(records), metrics=metrics, files=exported,
                                metrics_file=str(out / "metrics.json"), seqio_tasks=published)
       return summary, [exported.jsonl, exported.tfrecord, exported.seeds, out / "metrics.json"]
-    return self._stage("denoise", self.config.denoise_fingerprint(), DenoiseSummary, compute, force)
+    return self._stage("denoise", self.config.denoise_fingerprint(), DenoiseSummary, compute, force, COORDINATOR)
 
   def denoise_result(self) -> tuple[list[generation.Candidate], dict[str, Any], denoising.DenoiseResult]:
     """(the generated candidates, the generation plan, the denoiser's result on them against the seed set)."""
