@@ -21,6 +21,12 @@ positions (msp-jax computes logits only there; PEFT computes them at every posit
 higher). Achieved GFLOP/s is set against the f32 `jnp.dot` peak measured in the same run: the best of 2048^3
 matmuls timed before and after the steps.
 
+Each system also runs with bfloat16 matmuls: msp-jax with `TrainConfig.backbone_dtype='bfloat16'` (the frozen
+kernels stored bfloat16, forward and activation-gradient matmuls on bfloat16 inputs with float32 sums; prompts,
+optimizer, norms, softmax and loss float32) and PEFT under `torch.autocast('cpu', dtype=torch.bfloat16)`.
+The bfloat16 rows are set against the bfloat16 peak measured in the same run (the faster of XLA's dot and
+msp-jax's CPU bfloat16 kernel on 2048^3), the float32 rows against the float32 peak.
+
 Both run in one process with glibc malloc set to reuse freed memory (`msp_jax.runtime.reuse_freed_memory`;
 `--default-malloc` to measure without): otherwise XLA's per-step scratch (2.5 GB here) is page-faulted in
 afresh at every step. One warm-up step each (compilation), then `--repeats` timed steps, interleaved across
@@ -28,9 +34,10 @@ the two systems so a change in the machine's load hits both; the table shows med
 benchmarks/results/train_step.json (written atomically) with the load average before and after.
 
   python benchmarks/train_step.py [--repeats 5] [--batch 8] [--text-len 32] [--target-len 32] [--mixer attention]
-                                  [--skip-peft] [--default-malloc]
+                                  [--skip-peft] [--skip-bfloat16] [--default-malloc]
 
-The last line printed is `speedup_vs_peft: <msp-jax / PEFT tokens/s>`.
+The last line printed is `speedup_vs_peft: <the faster msp-jax mode / the faster PEFT mode, tokens/s>`; the JSON
+also holds float32 vs float32 (`float32_speedup_vs_peft`) and bfloat16 vs the faster PEFT mode.
 """
 
 from __future__ import annotations
@@ -92,7 +99,8 @@ def soft_prompt_length(model: MspModel, batch: dict) -> int:
 
 
 def msp_runner(model: MspModel, frozen, batch: dict) -> tuple[Callable[[], float], float]:
-  """A compiled msp-jax train step: `run()` -> seconds for one step; and the first step's loss."""
+  """A compiled msp-jax train step on `frozen` (float32 or bfloat16 kernels): `run()` -> seconds for one step;
+  and the first step's loss."""
   optimizer = training.make_optimizer(training.TrainConfig(learning_rate=0.1))
   state = training.init_state(model, frozen, optimizer, jax.random.key(0))
   step = training.make_train_step(model, optimizer)
@@ -110,8 +118,11 @@ def msp_runner(model: MspModel, frozen, batch: dict) -> tuple[Callable[[], float
   return run, first_loss
 
 
-def peft_runner(gguf_path: pathlib.Path, batch: dict, virtual_tokens: int) -> tuple[Callable[[], float], float]:
-  """A warmed-up PEFT prompt-tuning step: `run()` -> seconds for one step; and the first step's loss."""
+def peft_runner(gguf_path: pathlib.Path, batch: dict, virtual_tokens: int, autocast_bfloat16: bool = False
+                ) -> tuple[Callable[[], float], float]:
+  """A warmed-up PEFT prompt-tuning step (float32, or under bfloat16 autocast): `run()` -> seconds for one step;
+  and the first step's loss."""
+  import contextlib
   import torch
   from peft import PromptTuningConfig, TaskType, get_peft_model
   from transformers import AutoModelForCausalLM
@@ -129,7 +140,9 @@ def peft_runner(gguf_path: pathlib.Path, batch: dict, virtual_tokens: int) -> tu
   labels[:, :batch["text_ids"].shape[1]] = -100
 
   def step() -> float:
-    loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bfloat16 else contextlib.nullcontext())
+    with autocast:
+      loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
@@ -160,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--target-len", type=int, default=32)
   parser.add_argument("--mixer", default="attention", choices=("pooling", "attention", "bottleneck", "cnn"))
   parser.add_argument("--skip-peft", action="store_true")
+  parser.add_argument("--skip-bfloat16", action="store_true", help="float32 rows only")
   parser.add_argument("--default-malloc", action="store_true",
                       help="leave glibc malloc as it is (default: `runtime.reuse_freed_memory`, both systems)")
   parser.add_argument("--output", type=pathlib.Path, default=RESULTS)
@@ -176,43 +190,63 @@ def main(argv: list[str] | None = None) -> int:
   tokens = args.batch * (args.text_len + args.target_len)
   flops = useful_flops(backbone.config, args.batch, soft, args.text_len, args.target_len)
 
-  frozen = jax.block_until_ready(backbone.fused_params(backbone.params))
-  runners, first_loss = {}, {}
-  runners["msp-jax"], first_loss["msp-jax"] = msp_runner(model, frozen, batch)
+  dtypes = ("float32",) if args.skip_bfloat16 else ("float32", "bfloat16")
+  runners, first_loss, row_dtype = {}, {}, {}
+  for dtype in dtypes:
+    frozen = jax.block_until_ready(training.frozen_training_params(backbone, backbone.params, dtype))
+    name = f"msp-jax {dtype}"
+    runners[name], first_loss[name] = msp_runner(model, frozen, batch)
+    row_dtype[name] = dtype
   if not args.skip_peft:
-    runners["transformers+peft"], first_loss["transformers+peft"] = peft_runner(gguf_path, batch, soft)
-  peak_samples = measure_peak(2 * args.repeats)
-  # Interleaved repeats: a change in the machine's load hits both systems alike. The pause lets the other
+    for dtype in dtypes:
+      name = "transformers+peft " + ("float32" if dtype == "float32" else "bf16 autocast")
+      runners[name], first_loss[name] = peft_runner(gguf_path, batch, soft, autocast_bfloat16=dtype != "float32")
+      row_dtype[name] = dtype
+  peak_samples = {dtype: measure_peak(2 * args.repeats, dtype=dtype) for dtype in dtypes}
+  # Interleaved repeats: a change in the machine's load hits every system alike. The pause lets the other
   # system's idle worker threads stop spinning first.
   seconds = {name: [] for name in runners}
   for _ in range(args.repeats):
     for name, run in runners.items():
       time.sleep(PAUSE_SECONDS)
       seconds[name].append(run())
-  peak_samples += measure_peak(2 * args.repeats)
-  peak = max(peak_samples)  # The best the machine showed in this run: a conservative denominator.
+  for dtype in dtypes:
+    peak_samples[dtype] += measure_peak(2 * args.repeats, dtype=dtype)
+  peak = {dtype: max(samples) for dtype, samples in peak_samples.items()}  # the best the machine showed
   rows = []
   for name, times in seconds.items():
     median = statistics.median(times)
-    rows.append({"system": name, "seconds": times, "first_loss": first_loss[name], "tokens_per_s": tokens / median,
-                 "gflops_per_s": flops / median / 1e9, "fraction_of_peak": flops / median / 1e9 / peak})
-  speedup = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"] if len(rows) > 1 else float("nan")
+    dtype = row_dtype[name]
+    rows.append({"system": name, "dtype": dtype, "seconds": times, "first_loss": first_loss[name],
+                 "tokens_per_s": tokens / median, "gflops_per_s": flops / median / 1e9,
+                 "fraction_of_peak": flops / median / 1e9 / peak[dtype]})
+  rate = {row["system"]: row["tokens_per_s"] for row in rows}
+  peft_rates = [r for name, r in rate.items() if name.startswith("transformers")]
+  best_msp = max(r for name, r in rate.items() if name.startswith("msp-jax"))
+  speedup = best_msp / max(peft_rates) if peft_rates else float("nan")
+  float32_speedup = (rate["msp-jax float32"] / rate["transformers+peft float32"] if peft_rates
+                     else float("nan"))
+  bfloat16_speedup = (rate["msp-jax bfloat16"] / max(peft_rates) if peft_rates and "bfloat16" in dtypes
+                      else float("nan"))
 
   print(f"batch {args.batch}, {soft} soft + {args.text_len} text + {args.target_len} target tokens per row; "
-        f"f32 jnp.dot peak {peak:.0f} GFLOP/s (median {statistics.median(peak_samples):.0f})")
-  print(f"{'system':>18} {'s/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
+        + "; ".join(f"{d} peak {peak[d]:.0f} GFLOP/s (median {statistics.median(peak_samples[d]):.0f})"
+                    for d in dtypes))
+  print(f"{'system':>30} {'s/step':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'1st loss':>9}")
   for row in rows:
-    print(f"{row['system']:>18} {statistics.median(row['seconds']):>8.3f} {row['tokens_per_s']:>9.1f} "
-          f"{row['gflops_per_s']:>8.1f} {row['fraction_of_peak']:>8.0%}")
+    print(f"{row['system']:>30} {statistics.median(row['seconds']):>8.3f} {row['tokens_per_s']:>9.1f} "
+          f"{row['gflops_per_s']:>8.1f} {row['fraction_of_peak']:>8.0%} {row['first_loss']:>9.4f}")
+  print(f"float32 vs PEFT float32: {float32_speedup:.2f}x; bfloat16 vs the faster PEFT: {bfloat16_speedup:.2f}x")
   import torch
 
   atomic_write_text(args.output, json.dumps({
-      "benchmark": "train_step", "model": gguf_path.name, "dtype": "float32", "batch": args.batch,
+      "benchmark": "train_step", "model": gguf_path.name, "dtypes": list(dtypes), "batch": args.batch,
       "soft_tokens": soft, "text_tokens": args.text_len, "target_tokens": args.target_len,
       "mixer": args.mixer, "tokens_per_step": tokens, "useful_gflop_per_step": flops / 1e9,
       "flop_count": "4 x matmul params per token: decoder layers at all positions, LM head at targets",
       "peak_gflops_per_s": peak, "peak_samples_gflops_per_s": peak_samples, "repeats": args.repeats,
-      "rows": rows, "speedup_vs_peft": speedup, "jax_version": jax.__version__,
+      "rows": rows, "speedup_vs_peft": speedup, "float32_speedup_vs_peft": float32_speedup,
+      "bfloat16_speedup_vs_faster_peft": bfloat16_speedup, "jax_version": jax.__version__,
       "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "backend": jax.default_backend(),
       "malloc_reuses_freed_memory": reuses_freed_memory,

@@ -94,7 +94,9 @@ def trained_workdir(tmp_path_factory):
 ])
 def test_resuming_with_another_mixer_or_backbone_names_both_values(capsys, trained_workdir, binding, field, was,
                                                                     now):
-  status, line = _train(capsys, trained_workdir, "--gin.msp.TrainConfig.steps=2", binding)
+  # quickstart.gin trains on a bfloat16 backbone, a Llama-only mode: a T5 run binds float32 (test below).
+  status, line = _train(capsys, trained_workdir, "--gin.msp.TrainConfig.steps=2", binding,
+                        "--gin.msp.TrainConfig.backbone_dtype='float32'")
   assert status == 2
   assert line == (f"error: {trained_workdir}/checkpoints/1: checkpoint was trained with {field}={was} but this "
                   f"run uses {field}={now}; use a matching checkpoint or a new workdir")
@@ -117,3 +119,11 @@ def test_the_msp_command_prints_one_line_and_no_traceback(tmp_path):
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
   assert proc.stderr.startswith("error: gin configuration: Configurable 'msp.TrainConfig' doesn't have a "
                                 "parameter named 'stpes'")
+
+
+def test_a_bfloat16_backbone_on_t5_is_one_line_naming_the_fix(capsys, tmp_path):
+  status, line = _train(capsys, tmp_path / "t5", "--gin.msp.TrainConfig.steps=1",
+                        "--gin.msp.experiment.backbone='random:t5-tiny'")
+  assert status == 2
+  assert line == ("error: TrainConfig.backbone_dtype='bfloat16' is for Llama-family backbones; random:t5-tiny is an "
+                  "encoder-decoder and trains in float32: bind msp.TrainConfig.backbone_dtype = 'float32'")

@@ -143,6 +143,34 @@ def test_fingerprint_is_stable_and_sensitive():
   assert c.denoise_fingerprint() != a.denoise_fingerprint()  # upstream changes propagate
 
 
+def test_a_setting_added_later_leaves_finished_stages_alone_until_it_is_set():
+  import dataclasses
+  from msp_jax.config_fields import new_setting
+
+  @dataclasses.dataclass(frozen=True)
+  class Before:
+    steps: int = 3
+    inner: tuple = ((1, "a"),)
+
+  @dataclasses.dataclass(frozen=True)
+  class After:
+    steps: int = 3
+    inner: tuple = ((1, "a"),)
+    dtype: str = new_setting("float32")
+
+  @dataclasses.dataclass(frozen=True)
+  class Outer:
+    config: object
+    name: str = "x"
+
+  assert cache.fingerprint({"c": Outer(Before())}) == cache.fingerprint({"c": Outer(After())})
+  assert cache.fingerprint({"c": Outer(After(dtype="bfloat16"))}) != cache.fingerprint({"c": Outer(After())})
+  # The text hashed is what dataclasses.asdict gives for a config without such fields.
+  assert cache.fingerprint({"c": Outer(Before())}) == cache.fingerprint({"c": dataclasses.asdict(Outer(Before()))})
+  from msp_jax.tuning.training import TrainConfig
+  assert cache.fingerprint({"t": TrainConfig()}) != cache.fingerprint({"t": TrainConfig(backbone_dtype="bfloat16")})
+
+
 # ------------------------------------------------------------------------------------------------- run
 
 

@@ -48,6 +48,7 @@ from msp_jax.backbones.base import Cache, Params, Tokenizer
 from msp_jax.backbones.param_checks import check_params_match
 from msp_jax.errors import CheckpointError, ConfigError
 from msp_jax.kernels import cpu_matmul
+from msp_jax.mixed_precision import bfloat16_matmul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +152,9 @@ def _project(x: jax.Array, kernels: list[jax.Array], widths: tuple[int, ...], dt
     kernel = cpu_matmul.unpack(kernel, sum(widths))
   # Narrower (e.g. bfloat16) weights make a narrower matmul: inputs rounded to it, float32 accumulation.
   # Upcasting the weights instead would be exact but is several times slower on XLA's CPU backend.
+  if kernel.dtype == jnp.bfloat16 and jnp.finfo(dtype).bits > 16:
+    # The same product, with a gradient whose matmul reads bfloat16 too (prompt training on bfloat16 weights).
+    return split(bfloat16_matmul(x.astype(jnp.float32), kernel))
   compute = kernel.dtype if jnp.finfo(kernel.dtype).bits < jnp.finfo(dtype).bits else jnp.dtype(dtype)
   return split(jnp.dot(x.astype(compute), kernel.astype(compute), preferred_element_type=jnp.float32))
 

@@ -109,7 +109,7 @@ def train_prompts(setup: Setup, *, workdir: str | os.PathLike, config: training.
                 eos_id=tok.eos_id, pad_id=tok.pad_id, shapes=setup.shapes, batch_size=config.batch_size)
   batch_at = make_batch_fn(seeds, seed=config.seed, **common)
   dev_batches = fixed_batches(dev, **common)
-  frozen = setup.frozen_params
+  frozen = training.frozen_training_params(model.backbone, setup.frozen_params, config.backbone_dtype)
   mesh = None
   if jax.device_count() > 1 or num_model > 1:
     mesh = make_mesh(num_model)

@@ -21,6 +21,7 @@ import optax
 
 from msp_jax.tuning import checkpointing
 from msp_jax import distributed
+from msp_jax.config_fields import new_setting
 from msp_jax.errors import ConfigError
 from msp_jax.tuning.losses import target_nll
 from msp_jax.tuning.model_inputs import PromptBatch
@@ -32,6 +33,7 @@ TrainState = dict  # {'params': soft params, 'opt_state': optax state, 'step': i
 
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("constant", "linear", "cosine")
+BACKBONE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,10 @@ class TrainConfig:
   log_every: int = 10
   eval_every: int = 100
   checkpoint_every: int = 100
+  # 'bfloat16': the frozen backbone's matmul kernels are stored in bfloat16 for training, and its forward and
+  # activation-gradient matmuls read bfloat16 inputs (float32 sums); prompts, mixer, optimizer state, norms,
+  # softmax and the loss stay float32 (`frozen_training_params`). Speed and loss against float32: README, Benchmarks.
+  backbone_dtype: str = new_setting("float32")
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -61,6 +67,28 @@ class TrainConfig:
         raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
     if not self.learning_rate > 0:
       raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
+    if self.backbone_dtype not in BACKBONE_DTYPES:
+      raise ConfigError(f"TrainConfig.backbone_dtype={self.backbone_dtype!r}: expected one of "
+                        f"{', '.join(BACKBONE_DTYPES)}")
+
+
+def frozen_training_params(backbone: Any, params: Any, dtype: str) -> Any:
+  """The frozen params a training step reads (`TrainConfig.backbone_dtype`): `params` for 'float32'; for
+  'bfloat16' the same tree with every 2-D matmul kernel stored bfloat16, which makes the Llama layers' forward
+  and activation-gradient matmuls read bfloat16 inputs (`llama._project`, float32 sums). The embedding table,
+  and with it a tied LM head, and the norms stay float32. Same tree structure, so it shards like `params`."""
+  if dtype == "float32":
+    return params
+  if getattr(backbone, "is_encoder_decoder", True):
+    raise ConfigError(f"TrainConfig.backbone_dtype={dtype!r} is for Llama-family backbones; "
+                      f"{getattr(backbone, 'name', type(backbone).__name__)} is an encoder-decoder and trains in "
+                      "float32: bind msp.TrainConfig.backbone_dtype = 'float32'")
+
+  def cast(path, leaf):
+    is_kernel = getattr(path[-1], "key", None) == "kernel" and getattr(leaf, "ndim", 0) == 2
+    return jnp.asarray(leaf, dtype) if is_kernel else leaf
+
+  return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
