@@ -15,7 +15,7 @@ from msp_jax.backbones.byte_tokenizer import ByteTokenizer
 from msp_jax.data import serialization
 from msp_jax.data.schema import Attribute, Ontology
 from msp_jax.errors import ConfigError
-from msp_jax.synthesis import constraints, decoding, generation
+from msp_jax.synthesis import constraints, decoding, generation, planning
 from msp_jax.synthesis.grammars import request_grammar
 
 BATCH = 4
@@ -165,7 +165,7 @@ def test_a_request_the_grammar_cannot_express_is_a_clear_error(ontology, attribu
 
 
 def test_a_request_too_long_for_the_token_budget_is_an_error_before_sampling(backbone):
-  request = generation.GenerationRequest("s0", ("book_room", "cancel_booking", "date", "date_period"), 2)
+  request = planning.GenerationRequest("s0", ("book_room", "cancel_booking", "date", "date_period"), 2)
   sampling = generation.SamplingConfig(max_new_tokens=20)
   with pytest.raises(ConfigError, match=r"needs \d+ tokens, more than SamplingConfig.max_new_tokens=20"):
     generation.request_grammars(backbone, FRONT_DESK, [request], sampling)

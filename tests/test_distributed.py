@@ -191,14 +191,14 @@ assert distributed.initialize()
 import jax
 from msp_jax.run import workflow
 from msp_jax.run.setup import Experiment
-from msp_jax.synthesis import generation
+from msp_jax.synthesis import generation, planning
 from msp_jax.tuning.model_inputs import InputShapes
 
 seed, workdir = int(sys.argv[1]), sys.argv[2]
 bb, model, _, soft = toy_step_inputs("random:llama-tiny", batch_size=2, seed=seed)
 # 9 outputs in batches of 2: 5 batches, the last one padded; process 0 samples batches 0, 2, 4 and process 1
 # batches 1, 3. A hot, penalised sampler: the random backbone's outputs differ from batch to batch.
-requests = [generation.GenerationRequest(e.uid, e.attributes, 3, novel=k == 2) for k, e in enumerate(EXAMPLES[:3])]
+requests = [planning.GenerationRequest(e.uid, e.attributes, 3, novel=k == 2) for k, e in enumerate(EXAMPLES[:3])]
 sampling = generation.SamplingConfig(max_new_tokens=8, batch_size=2, constrained=False, temperature=1.5, top_k=0,
                                      repetition_penalty=2.0)
 

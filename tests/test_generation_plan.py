@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msp_jax.synthesis import generation
+from msp_jax.synthesis import generation, planning
 from msp_jax.data.schema import Attribute, Example, Ontology
 from msp_jax.errors import ConfigError
 
@@ -31,7 +31,7 @@ def kept_share(requests, keep, seeds, attribute):
 
 def test_counts_and_over_generation():
   seeds = seeds_with({("common",): 8, ("rare",): 2})
-  requests, keep = generation.plan_generation(seeds, ONTOLOGY, target_count=40, ratio=1.2)
+  requests, keep = planning.plan_generation(seeds, ONTOLOGY, target_count=40, ratio=1.2)
   assert sum(keep.values()) == 40
   assert sum(r.count for r in requests) == 48  # the ratio over the whole plan
   for r in requests:
@@ -40,7 +40,7 @@ def test_counts_and_over_generation():
 
 def test_many_small_requests_over_generate_by_the_ratio_not_by_rounding_up_each():
   seeds = seeds_with({("common",): 30, ("rare",): 30, ("mid",): 30})
-  requests, keep = generation.plan_generation(seeds, ONTOLOGY, target_count=50, ratio=1.2, novel_combinations=3)
+  requests, keep = planning.plan_generation(seeds, ONTOLOGY, target_count=50, ratio=1.2, novel_combinations=3)
   assert all(k == 1 for k in keep.values())  # 50 kept over 90 seeds: one each (per-request ceil would ask 2)
   assert sum(r.count for r in requests) == 60
 
@@ -48,15 +48,15 @@ def test_many_small_requests_over_generate_by_the_ratio_not_by_rounding_up_each(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 9), min_size=1, max_size=30), st.floats(1.0, 5.0))
 def test_generation_counts_reach_the_ratio_exactly_and_never_ask_fewer_than_kept(kept, ratio):
-  counts = generation.generation_counts(kept, ratio)
+  counts = planning.generation_counts(kept, ratio)
   assert counts.sum() == math.ceil(round(sum(kept) * ratio, 9))
   assert all(c >= k for c, k in zip(counts, kept)) and all(c == 0 for c, k in zip(counts, kept) if k == 0)
 
 
 def test_rebalancing_raises_the_share_of_rare_attributes():
   seeds = seeds_with({("common",): 8, ("rare",): 2})
-  _, keep = generation.plan_generation(seeds, ONTOLOGY, target_count=100, rebalance=True)
-  _, flat = generation.plan_generation(seeds, ONTOLOGY, target_count=100, rebalance=False)
+  _, keep = planning.plan_generation(seeds, ONTOLOGY, target_count=100, rebalance=True)
+  _, flat = planning.plan_generation(seeds, ONTOLOGY, target_count=100, rebalance=False)
   seed_share = 2 / 10
   assert kept_share(None, flat, seeds, "rare") == pytest.approx(seed_share)
   assert kept_share(None, keep, seeds, "rare") == pytest.approx(0.5)  # inverse frequency equalises
@@ -66,12 +66,12 @@ def test_unknown_attribute_in_a_requested_combination_names_the_combination():
   seeds = seeds_with({("common",): 2})
   with pytest.raises(ConfigError, match=r"combinations\[1\]: attribute 'teleport' is not in the ontology of "
                                         r"domain 'toy'"):
-    generation.plan_generation(seeds, ONTOLOGY, target_count=4, combinations=(("common",), ("rare", "teleport")))
+    planning.plan_generation(seeds, ONTOLOGY, target_count=4, combinations=(("common",), ("rare", "teleport")))
 
 
 def test_novel_combinations_are_absent_from_the_seed_set():
   seeds = seeds_with({("common",): 3, ("rare",): 2, ("mid",): 2})
-  requests, keep = generation.plan_generation(seeds, ONTOLOGY, target_count=20, novel_combinations=3, seed=4)
+  requests, keep = planning.plan_generation(seeds, ONTOLOGY, target_count=20, novel_combinations=3, seed=4)
   novel = [r for r in requests if r.novel]
   assert len(novel) == 3
   seen = {s.attributes for s in seeds}
@@ -81,8 +81,8 @@ def test_novel_combinations_are_absent_from_the_seed_set():
 
 def test_plan_is_deterministic_given_seed():
   seeds = seeds_with({("common",): 3, ("rare",): 2, ("mid",): 2})
-  a = generation.plan_generation(seeds, ONTOLOGY, target_count=20, novel_combinations=2, seed=1)
-  b = generation.plan_generation(seeds, ONTOLOGY, target_count=20, novel_combinations=2, seed=1)
+  a = planning.plan_generation(seeds, ONTOLOGY, target_count=20, novel_combinations=2, seed=1)
+  b = planning.plan_generation(seeds, ONTOLOGY, target_count=20, novel_combinations=2, seed=1)
   assert a == b
 
 
@@ -92,7 +92,7 @@ def test_plan_is_deterministic_given_seed():
 ])
 def test_bad_plans_are_clear_errors(kwargs, message):
   with pytest.raises(ConfigError, match=message):
-    generation.plan_generation(seeds_with({("common",): 2}), ONTOLOGY, **kwargs)
+    planning.plan_generation(seeds_with({("common",): 2}), ONTOLOGY, **kwargs)
 
 
 def test_cut_output_keeps_the_first_line():

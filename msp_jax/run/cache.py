@@ -22,8 +22,13 @@ import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from msp_jax import distributed
 from msp_jax.config_fields import fingerprinted_fields
-from msp_jax.errors import DataError
+from msp_jax.errors import ConfigError, DataError
 from msp_jax.files import atomic_write_text
 
 
@@ -112,4 +117,37 @@ def run_stage(workdir: str | os.PathLike, name: str, stage_fingerprint: str,
   summary, outputs = compute()
   record = write_record(workdir, name, stage_fingerprint, outputs, summary, time.perf_counter() - start)
   report(f"[{name}] done in {record.seconds:.0f} s")
+  return record
+
+
+def run_stage_coordinated(workdir: str | os.PathLike, name: str, stage_fingerprint: str,
+                          compute: Callable[[], tuple[Mapping[str, Any], Sequence[str | os.PathLike]]], *,
+                          force: bool = False, everyone_computes: bool = False,
+                          report: Callable[[str], None] = print) -> StageRecord:
+  """`run_stage` in a multi-process run: only the coordinator (process 0) writes the record; every process
+  returns it.
+
+  Whether the stage runs is the coordinator's call (its cache, or `force`), sent to all: a process that
+  skipped a stage the others run would leave them waiting for its share. The other processes run `compute`
+  too when `everyone_computes` (their share of the work; the summary and the files are the coordinator's to
+  write), then all meet at a barrier once the coordinator has written, and the others read its record from
+  the workdir, which every host must share.
+  """
+  coordinator = distributed.is_coordinator()
+  runs = False
+  if everyone_computes:
+    runs = coordinator and (force or cached_record(workdir, name, stage_fingerprint) is None)
+    runs = bool(multihost_utils.broadcast_one_to_all(np.int32(runs)))
+  if coordinator:
+    record = run_stage(workdir, name, stage_fingerprint, compute, force=force, report=report)
+  elif runs:
+    compute()
+  multihost_utils.sync_global_devices(f"msp_stage_{name}_written")
+  if coordinator:
+    return record
+  record = read_record(workdir, name)
+  if record is None or record.fingerprint != stage_fingerprint:
+    raise ConfigError(f"{record_path(workdir, name)}: process {jax.process_index()} does not see the record "
+                      f"process 0 wrote for stage {name!r}; the workdir must be on a filesystem every host shares "
+                      "(NFS, Lustre, ...)")
   return record

@@ -30,8 +30,6 @@ import pathlib
 from typing import Any, Callable, Collection, Sequence, TypeVar
 
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
 
 from msp_jax import distributed, files
 from msp_jax.config_fields import fingerprinted_fields
@@ -48,7 +46,7 @@ from msp_jax.run.setup import (Experiment, Setup, load_prompts, load_setup, prom
                                train_prompts)
 from msp_jax.run.summaries import (DenoiseSummary, DownstreamSummary, GenerateSummary, SyntheticFiles,
                                    TrainSummary)
-from msp_jax.synthesis import denoising, export, generation, synthetic_metrics
+from msp_jax.synthesis import denoising, export, generation, planning, synthetic_metrics
 from msp_jax.tuning import model_inputs
 from msp_jax.tuning.model_inputs import InputShapes
 from msp_jax.tuning.msp_model import MixtureConfig
@@ -165,7 +163,7 @@ class Run:
     c = self.config
     checks.check_settings(c)
     ontology = self.domain.ontology
-    generation.check_combinations(c.generation.combinations, ontology)
+    planning.check_combinations(c.generation.combinations, ontology)
     e = c.experiment
     examples = (*seed_examples(self.domain, e.few_shot, e.few_shot_k, c.training.seed),
                 *self.domain.splits.get("validation", ())[:e.max_dev_examples])
@@ -191,10 +189,10 @@ class Run:
     if sampling.constrained:
       generation.request_grammars(backbone, ontology, requests, sampling)
 
-  def _generation_plan(self) -> tuple[list[generation.GenerationRequest], dict[str, int]]:
-    """(requests, keep per seed) of the generate stage (`generation.plan_generation`)."""
+  def _generation_plan(self) -> tuple[list[planning.GenerationRequest], dict[str, int]]:
+    """(requests, keep per seed) of the generate stage (`planning.plan_generation`)."""
     settings, setup = self.config.generation, self.setup
-    return generation.plan_generation(
+    return planning.plan_generation(
         setup.seeds, setup.domain.ontology, target_count=settings.target_count, ratio=settings.ratio,
         rebalance=settings.rebalance, novel_combinations=settings.novel_combinations, seed=settings.seed,
         combinations=settings.combinations)
@@ -210,7 +208,7 @@ class Run:
         coordinator (generation: each process samples 1/N of the batches).
       COORDINATOR: the coordinator (process 0) alone runs it; the others wait.
     With SHARED and COORDINATOR only the coordinator writes the stage record; the others wait at a barrier until
-    it has, then read it back (`_coordinated_stage`).
+    it has, then read it back (`cache.run_stage_coordinated`).
     """
     def compute_json():
       summary, outputs = compute()
@@ -219,37 +217,9 @@ class Run:
     if processes == EACH or jax.process_count() == 1:
       record = cache.run_stage(workdir, name, fingerprint, compute_json, force=force, report=self.report)
     else:
-      record = self._coordinated_stage(name, fingerprint, compute_json, force, everyone_computes=processes == SHARED)
+      record = cache.run_stage_coordinated(workdir, name, fingerprint, compute_json, force=force,
+                                           everyone_computes=processes == SHARED, report=self.report)
     return _typed(record, summary_type, workdir)
-
-  def _coordinated_stage(self, name: str, fingerprint: str,
-                         compute_json: Callable[[], tuple[dict[str, Any], Sequence[pathlib.Path]]], force: bool,
-                         everyone_computes: bool) -> cache.StageRecord:
-    """A stage of a multi-process run whose record only the coordinator writes; every process returns it.
-
-    Whether the stage runs is the coordinator's call (its cache, or `force`), sent to all: a process that
-    skipped a stage the others run would leave them waiting for its share. Non-coordinators run
-    `compute_json` when `everyone_computes` (its summary is the coordinator's to write), then all meet at a
-    barrier after the coordinator has written, and the others read its record from the shared workdir.
-    """
-    workdir, coordinator = self.config.workdir, distributed.is_coordinator()
-    runs = False
-    if everyone_computes:
-      runs = coordinator and (force or cache.cached_record(workdir, name, fingerprint) is None)
-      runs = bool(multihost_utils.broadcast_one_to_all(np.int32(runs)))
-    if coordinator:
-      record = cache.run_stage(workdir, name, fingerprint, compute_json, force=force, report=self.report)
-    elif runs:
-      compute_json()  # this process's share; the summary and the files are the coordinator's to write
-    multihost_utils.sync_global_devices(f"msp_stage_{name}_written")
-    if coordinator:
-      return record
-    record = cache.read_record(workdir, name)
-    if record is None or record.fingerprint != fingerprint:
-      raise ConfigError(f"{cache.record_path(workdir, name)}: process {jax.process_index()} does not see the "
-                        f"record process 0 wrote for stage {name!r}; the workdir must be on a filesystem every "
-                        "host shares (NFS, Lustre, ...)")
-    return record
 
   def _finished(self, stage: str, fingerprint: str, summary_type: type[Summary], missing: str) -> Summary:
     """The summary of an earlier stage this configuration finished; ConfigError naming what to run if not."""

@@ -8,7 +8,7 @@ Each synthetic example is scored (lower is better)
 
 * `frequency[a]` is the *seed frequency* of attribute a: the fraction of seed examples (the few-shot set the
   generator was conditioned on) that carry it (`data.schema.attribute_frequency`), the same quantity
-  `generation.plan_generation` rebalances with. A fraction, not a count, so the term lies in [0, 1] like the
+  `planning.plan_generation` rebalances with. A fraction, not a count, so the term lies in [0, 1] like the
   distance term whatever the seed set's size, and the default 0.5 / 0.5 weights mean the same thing for 20 or
   2,000 seeds. Examples carrying over-represented attributes score worse, so the kept set is pushed towards
   rare attributes. An example without attributes has an attribute term of 0 (an empty mean, defined as 0).
@@ -174,7 +174,7 @@ def denoise(candidates: Sequence[CandidateLike], seeds: Sequence[Example], *, en
     encoder: a `sentence_encoder.SentenceEncoder` (anything with `encode(texts) -> [n, d]`).
     ontology: the domain's attributes; every candidate and seed attribute must be in it.
     keep_per_seed: how many to keep per seed: one number for all, or seed uid -> count (the `keep` map of
-      `generation.plan_generation`). None: no per-seed limit.
+      `planning.plan_generation`). None: no per-seed limit.
     target_count: how many to keep overall, the best first. None: no global limit.
     weights: the two score weights.
     fill_to_target: when the per-seed quotas leave fewer than `target_count`, top up with the best
