@@ -373,7 +373,8 @@ class Run:
       report = {"model_kind": c.downstream_model, **report}
       report_file = compare.write_report(out, report)
       return DownstreamSummary(report=report, report_file=str(report_file)), [report_file, *outputs]
-    return self._stage("downstream", self.config.downstream_fingerprint(), DownstreamSummary, compute, force)
+    return self._stage("downstream", self.config.downstream_fingerprint(), DownstreamSummary, compute, force,
+                       COORDINATOR)  # task models train on one device: one process is enough
 
 
 def export_synthetic(out: pathlib.Path, records: Sequence[export.SyntheticRecord],
