@@ -2,34 +2,40 @@
 
 Both read the same GGUF file (dequantised to float32, CPU) and sample 64 new tokens with the same settings
 (temperature 1.0, top-k 50, top-p 1.0, no early stop so every run produces exactly 64 tokens per row) from
-the same chat prompt, at batch 1 and 8; the timed call includes the prompt's prefill on both sides.
+the same chat prompt, at batch 1, 8 and 32 (32 is what generation samples at); the timed call includes the
+prompt's prefill on both sides.
 
 msp-jax samples with weights in a layout built once before timing (build time reported), one row per layout:
-  packed    `LlamaBackbone.inference_params`, what `msp generate` samples with: the fused float32 kernels
-            (Q/K/V and gate/up concatenated) stored in 32-column panels for the CPU decode matmul kernel
-            (`msp_jax/kernels/small_m_matmul.cc`). The same float32 numbers up to summation order: exact.
-            This is the row `speedup_vs_transformers` reports.
+  bfloat16_packed  `LlamaBackbone.inference_params(params, 'bfloat16')`, what `msp generate` samples with under
+            `SamplingConfig.weights_dtype = 'bfloat16'`: the fused matmul kernels stored bfloat16 in the
+            AVX512-BF16 kernel's panels (`msp_jax/kernels/bf16_matmul.cc`), prefill and decode steps alike.
+            NOT exact (every matmul rounds its inputs to bfloat16, float32 sums): reported with how far it
+            moves the prompt's next-token logits from the float32 ones.
+  packed    `LlamaBackbone.inference_params(params)`, the exact default: the fused float32 kernels (Q/K/V and
+            gate/up concatenated) in 32-column panels for the CPU decode matmul kernel
+            (`msp_jax/kernels/small_m_matmul.cc`). The same float32 numbers up to summation order.
   fused     the same fused float32 kernels through XLA's own dot (`LlamaBackbone.fused_params`): exact.
-  bfloat16  fused matmul weights stored in bfloat16, so every matmul rounds its inputs to bfloat16 (float32
-            accumulation, everything else float32), through XLA's dot. NOT exact: reported separately, with
-            how far it moves the prompt's next-token logits from the float32 ones.
-Constrained sampling (`--constrained-batch 32`, issue 13): the packed layout at that batch, free and under the
+  bfloat16  fused matmul weights stored in bfloat16 through XLA's dot (inexact, as bfloat16_packed).
+transformers runs twice, float32 and bfloat16 weights (`torch_dtype`), with its default threads; each ratio is
+against the FASTER of the two at that batch.
+Constrained sampling (`--constrained-batch 32`, issue 13): the first layout at that batch, free and under the
 grammars of the first front_desk seeds (one request per row, `msp_jax.synthesis.constraints`: one host call per
 step for the batch), interleaved in the same run; `constrained_share` is constrained / free tokens/s (target
 >= 0.75). EOS does not stop a row here either, and the grammars' token budget ends each row on the last step, so
 both sides produce the same number of tokens.
-transformers runs float32 with its default threads. Both run in one process with glibc malloc set to reuse freed
-memory (`msp_jax.runtime.reuse_freed_memory`; `--default-malloc` to measure without). One warm-up run each
-(compilation for msp-jax), then `--repeats` timed runs, interleaved across systems so a change in the machine's
-load hits all of them; the table shows medians. Results go to benchmarks/results/decode.json (written
-atomically) with the load average before and after: other processes on this 2-core machine slow both sides,
+Both run in one process with glibc malloc set to reuse freed memory (`msp_jax.runtime.reuse_freed_memory`;
+`--default-malloc` to measure without). One warm-up run each (compilation for msp-jax), then `--repeats` timed
+runs, interleaved across systems so a change in the machine's load hits all of them; the table shows medians.
+Results go to benchmarks/results/decode.json (written atomically) with the load average before and after and
+the machine's float32 and bfloat16 matmul peaks: other processes on this 2-core machine slow both sides,
 PyTorch's OpenMP threads more.
 
-  python benchmarks/decode.py [--repeats 3] [--batches 1 8] [--new-tokens 64] [--layouts packed fused bfloat16]
-                              [--constrained-batch 32] [--skip-transformers] [--default-malloc]
+  python benchmarks/decode.py [--repeats 3] [--batches 1 8 32] [--new-tokens 64]
+                              [--layouts bfloat16_packed packed fused bfloat16] [--constrained-batch 32]
+                              [--skip-transformers] [--default-malloc]
 
-The last line printed is `speedup_vs_transformers: <msp-jax packed / transformers tokens/s at the largest
-batch>`; the lines before it give the same ratio for the other layouts.
+The last line printed is `speedup_vs_transformers: <msp-jax first layout / the faster transformers tokens/s at
+the largest batch>`; the lines before it give the same ratio for the other layouts.
 """
 
 from __future__ import annotations
@@ -58,16 +64,20 @@ from msp_jax import runtime
 from msp_jax.files import atomic_write_text  # noqa: E402
 from msp_jax.backbones import gguf_checkpoint  # noqa: E402
 from msp_jax.backbones.bpe_tokenizer import chat_prompt  # noqa: E402
-from msp_jax.kernels import cpu_matmul  # noqa: E402
+from machine_peak import measure_peak  # noqa: E402  (benchmarks/machine_peak.py)
+from msp_jax.kernels import bf16_matmul, cpu_matmul  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "decode.json"
 LAYOUTS = {
+    "bfloat16_packed": lambda backbone: backbone.inference_params(backbone.params, "bfloat16"),
     "packed": lambda backbone: backbone.inference_params(backbone.params),
     "fused": lambda backbone: backbone.fused_params(backbone.params),
     "bfloat16": lambda backbone: backbone.fused_params(backbone.params, "bfloat16"),
 }
 LAYOUT_NOTES = {
+    "bfloat16_packed": "LlamaBackbone.inference_params(params, 'bfloat16'): fused kernels stored bfloat16 in the "
+                       "AVX512-BF16 kernel's panels (inexact), prefill and decode",
     "packed": "LlamaBackbone.inference_params: fused float32 kernels in 32-column panels, CPU decode kernel",
     "fused": "LlamaBackbone.fused_params: fused float32 kernels, XLA dot",
     "bfloat16": "fused kernels stored in bfloat16 (inexact), XLA dot",
@@ -160,10 +170,10 @@ def torch_info() -> dict:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+  parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
   parser.add_argument("--new-tokens", type=int, default=64)
   parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
-                      help="msp-jax rows; the first (exact: packed or fused) is the one the last line reports")
+                      help="msp-jax rows; the first is the one the last line reports")
   parser.add_argument("--constrained-batch", type=int, default=32,
                       help="batch of the constrained-vs-free rows (first layout; 0: skip them)")
   parser.add_argument("--skip-transformers", action="store_true")
@@ -172,13 +182,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--output", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
   reuses_freed_memory = not args.default_malloc and runtime.reuse_freed_memory()  # Before JAX runs anything.
-  if args.layouts[0] == "bfloat16":
-    parser.error("--layouts must start with an exact layout (packed or fused): the row the speedup reports")
 
   gguf_path = gguf_checkpoint.smollm2_gguf_path()
   backbone = gguf_checkpoint.load_gguf_backbone(gguf_path)
   prompt_ids = backbone.tokenizer.encode(chat_prompt(PROMPT))
   load_before = os.getloadavg()
+  peaks = {dtype: max(measure_peak(3, dtype=dtype)) for dtype in ("float32", "bfloat16")}  # GFLOP/s
   layouts, build_seconds = {}, {}
   for layout in args.layouts:
     start = time.perf_counter()
@@ -187,24 +196,28 @@ def main(argv: list[str] | None = None) -> int:
   if "packed" in layouts and layouts["packed"]["layers_0"]["mlp"]["wi"]["kernel"].ndim != 3:
     parser.error(f"the CPU decode kernel is unavailable ({cpu_matmul.unavailable_reason()}); run with "
                  "--layouts fused bfloat16")
+  if "bfloat16_packed" in layouts and layouts["bfloat16_packed"]["layers_0"]["mlp"]["wi"]["kernel"].ndim != 4:
+    parser.error(f"the bfloat16 CPU kernel is unavailable ({bf16_matmul.unavailable_reason()}); run with "
+                 "--layouts packed fused bfloat16")
   reference = layouts.get("fused") or backbone.fused_params(backbone.params)
   drift = {layout: logit_drift(backbone, layouts[layout], reference, prompt_ids)
            for layout in args.layouts if layout != "fused"}
-  hf_model = None
+  hf_models = {}
   if not args.skip_transformers:
     import torch
     from transformers import AutoModelForCausalLM
 
-    hf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                    dtype=torch.float32).eval()
+    for dtype in ("float32", "bfloat16"):
+      hf_models[dtype] = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                              dtype=torch.float32).to(getattr(torch, dtype)).eval()
 
   rows = []
   for batch in args.batches:
     produced = batch * args.new_tokens
     runners = {f"msp-jax {layout}": msp_runner(backbone, layouts[layout], prompt_ids, batch, args.new_tokens)
                for layout in args.layouts}
-    if hf_model is not None:
-      runners["transformers float32"] = transformers_runner(hf_model, prompt_ids, batch, args.new_tokens)
+    for dtype, model in hf_models.items():
+      runners[f"transformers {dtype}"] = transformers_runner(model, prompt_ids, batch, args.new_tokens)
     # Interleaved repeats: a change in the machine's load hits every system alike. The pause lets the other
     # system's idle worker threads stop spinning first.
     seconds = {name: [] for name in runners}
@@ -212,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
       for name, run in runners.items():
         time.sleep(PAUSE_SECONDS)
         seconds[name].append(run(seed))
-    hf_rate = produced / statistics.median(seconds["transformers float32"]) if hf_model is not None else None
+    hf_rate = max((produced / statistics.median(seconds[f"transformers {dtype}"]) for dtype in hf_models),
+                  default=None)  # the faster transformers
     for name, times in seconds.items():
       system, layout = name.split()
       rate = produced / statistics.median(times)
@@ -226,12 +240,13 @@ def main(argv: list[str] | None = None) -> int:
                              args.constrained_batch, args.new_tokens, args.repeats)
     constrained_share = rows[-1]["constrained_share"]
 
-  print(f"{'batch':>5} {'system':>13} {'layout':>9} {'tok/s':>7} {'vs transformers':>16}")
+  print(f"{'batch':>5} {'system':>13} {'layout':>16} {'tok/s':>7} {'vs faster transformers':>23}")
   for row in rows:
     ratio = row["speedup_vs_transformers"]
     layout = row["layout"] + ("+grammar" if row.get("constrained") else "")
-    print(f"{row['batch']:>5} {row['system']:>13} {layout:>9} {row['tokens_per_s']:>7.1f} "
-          f"{'' if ratio is None else f'{ratio:.2f}x':>16}")
+    print(f"{row['batch']:>5} {row['system']:>13} {layout:>16} {row['tokens_per_s']:>7.1f} "
+          f"{'' if ratio is None else f'{ratio:.2f}x':>23}")
+  print(f"matmul peak here: float32 {peaks['float32']:.0f}, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s")
   if constrained_share is not None:
     print(f"constrained / free tokens/s at batch {args.constrained_batch}: {constrained_share:.3f} (target >= 0.75)")
   for layout, d in drift.items():
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
       "jax_version": jax.__version__, "backend": jax.default_backend(), "machine": platform.machine(),
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), **torch_info(),
       "malloc_reuses_freed_memory": reuses_freed_memory,
-      "load_average_before": load_before, "load_average_after": os.getloadavg(),
+      "load_average_before": load_before, "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks,
       "constrained_share": constrained_share, "rows": rows}, indent=2))
   last_batch = [r for r in rows if r["system"] == "msp-jax" and r["batch"] == args.batches[-1]
                 and "constrained" not in r]

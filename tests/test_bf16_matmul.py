@@ -1,7 +1,10 @@
 """`msp_jax.kernels.bf16_matmul`: the AVX512-BF16 matmul custom call against float64 NumPy on the same
-bfloat16-rounded inputs, its weight layout, and the sentence encoder's use of it."""
+bfloat16-rounded inputs, its weight layout, and its users: the sentence encoder and the bfloat16 sampling
+layout of the Llama backbone."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +12,11 @@ import numpy as np
 import pytest
 
 from msp_jax import runtime
+from msp_jax.backbones import llama, load_backbone
 from msp_jax.encoders import SentenceEncoder, bert, precision
 from msp_jax.errors import ConfigError
 from msp_jax.kernels import bf16_matmul
+from msp_jax.synthesis import decoding
 
 needs_kernel = pytest.mark.skipif(not bf16_matmul.available(),
                                   reason=f"no CPU bfloat16 matmul here: {bf16_matmul.unavailable_reason()}")
@@ -88,3 +93,57 @@ def test_packing_is_refused_where_it_cannot_run(monkeypatch):
     precision.matmul_params(params, "float32", pack=True)
   monkeypatch.setattr(bf16_matmul, "available", lambda: False)
   assert precision.matmul_params(params, "bfloat16")["layers_0"]["mlp"]["wi"]["kernel"].ndim == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+  # vocab 300: the output kernel's last panel is partly padding.
+  config = dataclasses.replace(llama.LLAMA_CONFIGS["tiny"], vocab_size=300, tie_embeddings=True)
+  return llama.LlamaBackbone(config, llama.init_params(config, jax.random.key(7)), tokenizer=None, name="tiny")
+
+
+@needs_kernel
+def test_bfloat16_sampling_layout_decodes_like_xla_bfloat16_dots(tiny_llama):
+  """`inference_params(..., 'bfloat16')`: every kernel in the AVX512-BF16 panels; prefill and decode steps
+  give the logits of XLA's dot on the same bfloat16 weights (same rounding, float32 sums in another order)."""
+  backbone = tiny_llama
+  packed = backbone.inference_params(backbone.params, "bfloat16")
+  assert packed["layers_0"]["mlp"]["wi"]["kernel"].ndim == 4
+  assert packed["logits_dense"]["kernel"].shape == (10, backbone.embed_dim // 2, 32, 2)
+  assert packed["token_embedder"]["embedding"].dtype == jnp.float32  # the lookup table stays as it is
+  xla = backbone.fused_params(backbone.params, "bfloat16")
+  embeds = jax.random.normal(jax.random.key(4), (3, 70, backbone.embed_dim))  # 210 prefill rows
+  mask = jnp.ones((3, 70), jnp.int32).at[0, :4].set(0)
+  init = jax.jit(backbone.init_decode, static_argnums=3)
+  (xla_logits, xla_cache), (ours, our_cache) = init(xla, embeds, mask, 6), init(packed, embeds, mask, 6)
+  scale = float(jnp.abs(xla_logits).max())
+  np.testing.assert_allclose(ours, xla_logits, atol=1e-4 * scale)
+  step = jax.jit(backbone.decode_step)
+  tokens = jnp.asarray([5, 77, 299], jnp.int32)
+  np.testing.assert_allclose(step(packed, our_cache, tokens)[0], step(xla, xla_cache, tokens)[0],
+                             atol=1e-4 * scale)
+  # And bfloat16 stays close to float32 (a coarse check: inputs lose 8 mantissa bits).
+  exact, _ = init(backbone.params, embeds, mask, 6)
+  np.testing.assert_allclose(ours, exact, atol=0.05 * scale)
+  out, _ = decoding.sample(backbone, packed, embeds[:, :9], mask[:, :9], jax.random.key(0), max_new_tokens=5,
+                           greedy=True, eos_id=None, pad_id=0)
+  assert out.shape == (3, 5) and int(out.max()) < backbone.vocab_size
+
+
+def test_bfloat16_sampling_layout_falls_back_to_xla_without_the_kernel(tiny_llama, monkeypatch):
+  monkeypatch.setattr(bf16_matmul, "available", lambda: False)
+  params = tiny_llama.inference_params(tiny_llama.params, "bfloat16")
+  kernel = params["layers_0"]["mlp"]["wi"]["kernel"]
+  assert kernel.ndim == 2 and kernel.dtype == jnp.bfloat16
+  with pytest.raises(ConfigError, match=r"needs its CPU matmul kernel"):
+    tiny_llama.fused_params(tiny_llama.params, "bfloat16", pack=True)
+  with pytest.raises(ConfigError, match=r"weights_dtype='float16': expected one of float32, bfloat16"):
+    tiny_llama.inference_params(tiny_llama.params, "float16")
+
+
+def test_t5_sampling_on_bfloat16_weights_is_refused_in_one_line():
+  backbone = load_backbone("random:t5-tiny").backbone
+  assert backbone.inference_params(backbone.params) is backbone.params
+  with pytest.raises(ConfigError, match=r"T5 backbones sample in float32; bind "
+                                        r"msp.SamplingConfig.weights_dtype = 'float32'"):
+    backbone.inference_params(backbone.params, "bfloat16")

@@ -80,6 +80,23 @@ def test_top_k_one_equals_greedy(backbone):
   np.testing.assert_array_equal(np.asarray(sampled), np.asarray(greedy))
 
 
+@pytest.mark.parametrize("trial", range(12))
+def test_chunked_top_k_is_exactly_a_stable_sort_of_the_row(trial):
+  """`decoding.exact_top_k` against NumPy: the k largest values, equal values in index order, on fresh rows with
+  many ties, -inf and the constraint's removed value, over chunk sizes that do and do not divide the row."""
+  rng = np.random.default_rng([trial, 11])
+  batch, n, k = 5, int(rng.integers(60, 3000)), int(rng.integers(1, 60))
+  x = (rng.integers(-4, 4, (batch, n)) if trial % 2 else rng.standard_normal((batch, n))).astype(np.float32)
+  x[rng.random((batch, n)) < (0.95 if trial % 3 == 0 else 0.1)] = -np.inf
+  x[rng.random((batch, n)) < 0.05] = decoding._NEG
+  order = np.stack([np.lexsort((np.arange(n), -row))[:k] for row in x])  # stable: ties by index
+  for chunk in (1, 7, 32, 200):
+    values, indices = jax.jit(decoding.exact_top_k, static_argnums=(1, 2))(jnp.asarray(x), k, chunk)
+    np.testing.assert_array_equal(np.asarray(indices), order)
+    np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(x, order, axis=1))
+    assert indices.dtype == jnp.int32
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
   probs = np.array([0.05, 0.5, 0.1, 0.2, 0.15])
   logits = jnp.log(jnp.asarray([probs, probs[::-1]]))

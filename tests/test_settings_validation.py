@@ -177,6 +177,8 @@ def test_a_workdir_set_in_gin_is_named_by_its_setting(tmp_path, capsys, nothing_
     ("--gin.msp.SamplingConfig.max_new_tokens=0", r"SamplingConfig.max_new_tokens=0: expected a whole number >= 1"),
     ("--gin.msp.SamplingConfig.repetition_penalty=0.0", r"SamplingConfig.repetition_penalty=0.0: expected a number"),
     ("--gin.msp.SamplingConfig.batch_size=0", r"SamplingConfig.batch_size=0: expected a whole number >= 1"),
+    ("--gin.msp.SamplingConfig.weights_dtype='float16'",
+     r"SamplingConfig.weights_dtype='float16': expected one of 'float32', 'bfloat16'"),
     ("--gin.msp.InputShapes.max_target_len=0", r"InputShapes.max_target_len=0: expected a whole number >= 1"),
     ("--gin.msp.downstream_evaluation.repeats=0", r"downstream_evaluation.repeats=0: expected a whole number >= 1"),
     ("--gin.msp.experiment.max_dev_examples=-1", r"experiment.max_dev_examples=-1: expected a whole number >= 0"),

@@ -210,6 +210,12 @@ def test_msp_run_caches_every_stage(tmp_path, capsys, chatty_outputs):
                   "--gin.msp.downstream_evaluation.repeats=2") == 0
   fourth = capsys.readouterr().out
   assert "[denoise] already done" in fourth and "[downstream] configuration" in fourth
+  # Sampling on bfloat16 weights (the AVX512-BF16 kernel where the CPU has it) is a new generation.
+  assert run_tiny("generate", workdir, INHERIT, "--gin.msp.SamplingConfig.temperature=0.5",
+                  "--gin.msp.SamplingConfig.weights_dtype='bfloat16'") == 0
+  fifth = capsys.readouterr().out
+  assert "[generate] configuration" in fifth
+  assert sum(GenerateSummary.from_json(cache.read_record(workdir, "generate").summary).outcomes.values()) > 0
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import jax
 
 Params = Any  # A (frozen) nested dict of arrays, exactly as the checkpoint stores it.
 Cache = Any   # A pytree of arrays with static shapes: a valid `lax.while_loop` carry.
+WEIGHT_DTYPES = ("float32", "bfloat16")  # What `Backbone.inference_params` may store the matmul weights as.
 
 
 class Tokenizer(Protocol):
@@ -70,9 +71,11 @@ class Backbone(Protocol):
   def decode_step(self, params: Params, cache: Cache, tokens: jax.Array) -> tuple[jax.Array, Cache]:
     """Feeds tokens [batch] (the last sampled ones); returns logits [batch, vocab] for the next token."""
 
-  def inference_params(self, params: Params) -> Params:
-    """`params` in the layout that samples fastest (the same numbers up to float32 round-off); build it once
-    and pass it to `init_decode` / `decode_step` / `decoding.sample`. Not for training."""
+  def inference_params(self, params: Params, weights_dtype: str = "float32") -> Params:
+    """`params` in the layout that samples fastest; build it once and pass it to `init_decode` /
+    `decode_step` / `decoding.sample`. Not for training. weights_dtype (one of `WEIGHT_DTYPES`): 'float32'
+    keeps the numbers up to float32 round-off; 'bfloat16' stores the matmul weights bfloat16 (inexact), where
+    the backbone supports it."""
 
 
 @dataclasses.dataclass(frozen=True)

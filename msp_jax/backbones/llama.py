@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msp_jax.backbones.base import Cache, Params, Tokenizer
+from msp_jax.backbones.base import WEIGHT_DTYPES, Cache, Params, Tokenizer
 from msp_jax.backbones.param_checks import check_params_match
 from msp_jax.errors import CheckpointError, ConfigError
-from msp_jax.kernels import cpu_matmul
+from msp_jax.kernels import bf16_matmul, cpu_matmul
 from msp_jax.mixed_precision import bfloat16_matmul
 
 
@@ -125,7 +125,7 @@ class Kernel(nn.Module):
   def __call__(self) -> jax.Array:
     if self.has_variable("params", "kernel"):
       stored = self.get_variable("params", "kernel")
-      if stored.ndim == 3:  # Panel-packed for the CPU decode kernel (`fused_params(pack=True)`).
+      if stored.ndim in (3, 4):  # Panel-packed for a CPU kernel (`fused_params(pack=True)`).
         return stored
     return self.param("kernel", _init(self.axes), self.shape, jnp.dtype(self.param_dtype))
 
@@ -141,11 +141,14 @@ def _project(x: jax.Array, kernels: list[jax.Array], widths: tuple[int, ...], dt
 
   `kernels` are either the separate [in, width_i] kernels of the checkpoint tree (concatenated here; inside
   a decode loop XLA hoists that out of the loop), their concatenation, already fused by `fused_params`, or
-  that concatenation packed in 32-column panels [panels, in, 32] (`fused_params(pack=True)`, float32).
+  that concatenation packed for a CPU kernel by `fused_params(pack=True)`: float32 in 32-column panels
+  [panels, in, 32], or bfloat16 in the AVX512-BF16 kernel's panels of row pairs [panels, in / 2, 32, 2].
   Fewer, wider matmuls are markedly faster on CPU at decode batch sizes.
   """
   kernel = kernels[0] if len(kernels) == 1 else jnp.concatenate(kernels, axis=1)
   split = lambda out: jnp.split(out.astype(dtype), np.cumsum(widths[:-1]).tolist(), axis=-1)
+  if kernel.ndim == 4:  # bfloat16 panels: the AVX512-BF16 kernel at every row count (inference only).
+    return split(bf16_matmul.matmul(x, kernel, jnp.zeros((sum(widths),), jnp.float32)))
   if kernel.ndim == 3:  # Panel-packed (float32).
     if np.prod(x.shape[:-1]) <= SMALL_ROWS:
       return split(cpu_matmul.matmul(x.astype(jnp.float32), kernel, sum(widths)))
@@ -391,15 +394,21 @@ def fused_params(params: Params, weights_dtype: str | None = None, pack: bool = 
   weights_dtype: store the matmul kernels (not the embedding table or the norms) in this dtype, e.g.
   'bfloat16': half the bytes per decode step, but NOT exact -- every matmul then rounds its inputs to
   bfloat16 (float32 accumulation). Default: keep the checkpoint's dtype.
-  pack: also store every matmul kernel in 32-column panels, [ceil(out / 32), in, 32] (`cpu_matmul.pack`), for
-  the CPU decode kernel: float32 only, inference only (no gradient), one device (not partitioned), and it
-  needs `cpu_matmul.available()`. Same numbers up to float32 summation order.
+  pack: also store every matmul kernel in the panels of a CPU kernel: inference only (no gradient), one device
+  (not partitioned). Float32 weights: 32-column panels [ceil(out / 32), in, 32] (`cpu_matmul.pack`) for the
+  decode kernel, the same numbers up to float32 summation order; needs `cpu_matmul.available()`. 'bfloat16':
+  panels of row pairs [ceil(out / 32), ceil(in / 2), 32, 2] (`bf16_matmul.pack`) for the AVX512-BF16 kernel,
+  which serves decode steps and prefills alike; needs `bf16_matmul.available()`.
   """
   if pack:
-    if weights_dtype not in (None, "float32") or not cpu_matmul.available():
-      raise ConfigError("fused_params(pack=True) needs float32 weights and the CPU matmul kernel "
-                        f"({cpu_matmul.unavailable_reason() or 'weights_dtype=' + str(weights_dtype)})")
-    cast = cpu_matmul.pack
+    if weights_dtype not in (None,) + WEIGHT_DTYPES:
+      raise ConfigError(f"fused_params(pack=True, weights_dtype={weights_dtype!r}): expected one of "
+                        f"{', '.join(WEIGHT_DTYPES)}")
+    kernel = bf16_matmul if weights_dtype == "bfloat16" else cpu_matmul
+    if not kernel.available():
+      raise ConfigError(f"fused_params(pack=True, weights_dtype={weights_dtype!r}) needs its CPU matmul kernel "
+                        f"({kernel.unavailable_reason()})")
+    cast = kernel.pack
   else:
     cast = (lambda w: w) if weights_dtype is None else (lambda w: jnp.asarray(w, weights_dtype))
   out = dict(params)
@@ -517,11 +526,21 @@ class LlamaBackbone:
     """`params` in the fused layout (module `fused_params`): build once, then sample / train with it."""
     return fused_params(params, weights_dtype, pack)
 
-  def inference_params(self, params: Params) -> Params:
-    """The fastest exact layout for sampling: fused, and panel-packed for the CPU decode kernel when the
-    params are float32 on one CPU device and the kernel is available. Not for training (no gradient)."""
+  def inference_params(self, params: Params, weights_dtype: str = "float32") -> Params:
+    """The fastest layout for sampling; not for training (no gradient).
+
+    'float32' (exact): fused, and panel-packed for the CPU decode kernel when the params are float32 on one
+    CPU device and the kernel is available. 'bfloat16' (inexact: every matmul rounds its inputs to bfloat16,
+    float32 accumulation; the embedding table and norms stay as they are): fused kernels stored bfloat16, in
+    the AVX512-BF16 kernel's panels on one CPU device that has it, else through XLA's dot.
+    """
+    if weights_dtype not in WEIGHT_DTYPES:
+      raise ConfigError(f"weights_dtype={weights_dtype!r}: expected one of {', '.join(WEIGHT_DTYPES)}")
+    on_cpu = _on_one_cpu_device(params)
+    if weights_dtype == "bfloat16":
+      return fused_params(params, "bfloat16", pack=on_cpu and bf16_matmul.available())
     dtypes = {jnp.dtype(x.dtype) for x in jax.tree_util.tree_leaves(params)}
-    pack = dtypes == {jnp.dtype(jnp.float32)} and _on_one_cpu_device(params) and cpu_matmul.available()
+    pack = dtypes == {jnp.dtype(jnp.float32)} and on_cpu and cpu_matmul.available()
     return fused_params(params, pack=pack)
 
   def _apply(self, params: Params, *args, method) -> Any:

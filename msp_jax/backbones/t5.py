@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msp_jax.backbones.base import Cache, Params, Tokenizer
-from msp_jax.errors import CheckpointError
+from msp_jax.errors import CheckpointError, ConfigError
 
 # Large negative logit for masked keys (what T5X uses); finite so fully-masked rows stay NaN-free.
 _MASK_VALUE = -1e10
@@ -479,8 +479,11 @@ class T5Backbone:
   def param_axes(self) -> Any:
     return param_axes(self.config)
 
-  def inference_params(self, params: Params) -> Params:
-    """T5 samples from its checkpoint layout as it is."""
+  def inference_params(self, params: Params, weights_dtype: str = "float32") -> Params:
+    """T5 samples from its checkpoint layout as it is (float32 only)."""
+    if weights_dtype != "float32":
+      raise ConfigError(f"weights_dtype={weights_dtype!r}: T5 backbones sample in float32; bind "
+                        "msp.SamplingConfig.weights_dtype = 'float32'")
     return params
 
   def _apply(self, params: Params, method: Callable[..., Any], *args: Any) -> Any:

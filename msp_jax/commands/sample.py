@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--top-k", type=int, default=50)
   parser.add_argument("--top-p", type=float, default=0.95)
   parser.add_argument("--greedy", action="store_true")
+  # The choices of `backbones.base.WEIGHT_DTYPES`, written out: importing it would import JAX for `--help`.
+  parser.add_argument("--weights-dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="the matmul weights while sampling: float32 (exact) or bfloat16 (faster on CPUs with "
+                           "AVX512-BF16, inexact; Llama family)")
   parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--vocab", default=None, help="SentencePiece model for T5X checkpoints")
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                       "which wraps it in the model's chat template)")
   max_new_tokens = bounded_new_tokens(backbone, args.backbone, args.max_new_tokens, prompt_tokens=ids.shape[1])
   embeds = backbone.embed(backbone.params, ids)
-  params = backbone.inference_params(backbone.params)
+  params = backbone.inference_params(backbone.params, args.weights_dtype)
   tokens, lengths = decoding.sample(backbone, params, embeds, mask, jax.random.PRNGKey(args.seed),
                                     max_new_tokens=max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy)

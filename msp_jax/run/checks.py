@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import jax
 
 from msp_jax import partitioning
+from msp_jax.backbones.base import WEIGHT_DTYPES
 from msp_jax.data import catalog
 from msp_jax.errors import ConfigError
 
@@ -46,6 +47,9 @@ def check_settings(config: RunConfig) -> None:
   if not (_real(sampling.top_p) and 0 < sampling.top_p <= 1):
     raise ConfigError(f"SamplingConfig.top_p={sampling.top_p!r}: expected a probability in (0, 1] (1 turns "
                       "top-p filtering off)")
+  if sampling.weights_dtype not in WEIGHT_DTYPES:
+    raise ConfigError(f"SamplingConfig.weights_dtype={sampling.weights_dtype!r}: expected one of "
+                      f"{', '.join(map(repr, WEIGHT_DTYPES))}")
   try:
     catalog.check_synthetic_name(config.synthetic_task_name)
   except ConfigError as error:

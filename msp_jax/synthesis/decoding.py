@@ -7,8 +7,9 @@ compilation per (batch, prompt length, max_new_tokens, switches), never one per 
 and the repetition penalty are traced values: changing them does not recompile.
 
 Sampling draws one uniform number per row and inverts the CDF (cumsum + count), instead of adding Gumbel
-noise to every vocabulary entry: the same distribution for a fraction of the random bits. top-k uses
-`lax.top_k` (no full sort); top-p alone needs the full sort, top-p with top-k only sorts the k survivors.
+noise to every vocabulary entry: the same distribution for a fraction of the random bits. top-k gives exactly
+`lax.top_k`'s result in two small passes (`exact_top_k`: chunk maxima, then the best chunks' entries), no
+full sort; top-p alone needs the full sort, top-p with top-k only sorts the k survivors.
 
 Constrained sampling (`constraint=`, e.g. `constraints.GrammarConstraint`): once per step, for the whole batch,
 the loop calls the host (`io_callback`) with the token just drawn and gets back the tokens allowed next as a
@@ -49,6 +50,34 @@ def top_p_keep(logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
   return jnp.take_along_axis(keep_sorted, inverse, axis=-1)
 
 
+# Entries per chunk in `exact_top_k`'s first pass; 32 measured fastest on [32, 49152] logits with k = 50 (1.1 ms
+# against 3.0 ms for `lax.top_k` on the whole row, 2-core CPU).
+TOP_K_CHUNK = 32
+
+
+def exact_top_k(x: jax.Array, k: int, chunk: int = TOP_K_CHUNK) -> tuple[jax.Array, jax.Array]:
+  """Exactly `jax.lax.top_k(x, k)` for x [batch, n] without NaNs: (values [batch, k] descending, int32
+  indices [batch, k]; equal values in index order), at a fraction of its cost on a vocabulary-sized row.
+
+  The row is cut into chunks of `chunk` entries and the k chunks with the largest maxima are kept (equal
+  maxima: the lower chunk first); `lax.top_k` then runs over their k * chunk entries only, in index order.
+  Exact: every chunk ranked above the chunk of a true top-k entry holds a distinct top-k entry of its own (one
+  larger, or equal with a lower index), so at most k - 1 chunks rank above it and its chunk is kept.
+  """
+  batch, n = x.shape
+  chunks = -(-n // chunk)
+  if k * chunk >= n:
+    return jax.lax.top_k(x, k)
+  # Padding at the end: -inf with the highest indices never ranks above a real entry.
+  padded = jnp.pad(x, ((0, 0), (0, chunks * chunk - n)), constant_values=-jnp.inf).reshape(batch, chunks, chunk)
+  _, best = jax.lax.top_k(padded.max(axis=-1), k)                              # [batch, k] chunk ids
+  best = jnp.sort(best, axis=-1)                                                # index order within ties
+  candidates = jnp.take_along_axis(padded, best[..., None], axis=1).reshape(batch, k * chunk)
+  values, position = jax.lax.top_k(candidates, k)
+  index = (best[..., None] * chunk + jnp.arange(chunk, dtype=best.dtype)).reshape(batch, k * chunk)
+  return values, jnp.take_along_axis(index, position, axis=-1)
+
+
 def _categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
   """One draw per row from softmax(logits) [batch, n] by inverting the CDF. -> int32 [batch]."""
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -65,7 +94,7 @@ def choose_tokens(rng: jax.Array, logits: jax.Array, *, temperature: jax.Array |
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
   if top_k > 0:
-    values, indices = jax.lax.top_k(logits, top_k)  # [batch, k], sorted descending.
+    values, indices = exact_top_k(logits, top_k)  # [batch, k], sorted descending.
     if use_top_p:
       values = jnp.where(top_p_keep(values, top_p), values, _NEG)
     choice = _categorical(rng, values)

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from msp_jax import distributed, files
+from msp_jax.config_fields import new_setting
 from msp_jax.synthesis import constraints, decoding, export
 from msp_jax.synthesis.planning import GenerationRequest
 from msp_jax.synthesis.grammars import request_grammar
@@ -80,6 +81,10 @@ class SamplingConfig:
   # Sample under each request's grammar (well-formed, exactly the requested attributes); False samples from
   # the whole vocabulary, token for token as before constrained generation existed.
   constrained: bool = True
+  # The frozen backbone's matmul weights while sampling (`Backbone.inference_params`): 'float32' is exact;
+  # 'bfloat16' (Llama family) rounds every matmul's inputs to bfloat16 with float32 sums, through the
+  # AVX512-BF16 kernel where the CPU has it: faster at generation batch sizes, not the same samples.
+  weights_dtype: str = new_setting("float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +208,8 @@ def batch_sampler(model: MspModel, soft_params: Any, frozen_params: Any,
   tok, batch_size = model.backbone.tokenizer, sampling.batch_size
   serialize = lambda e: serialization.serialize(e, ontology.task)  # noqa: E731
   prompt_inputs = jax.jit(model.inputs)
-  sampling_params = model.backbone.inference_params(frozen_params)  # e.g. packed for the CPU decode kernel
+  # e.g. packed for a CPU decode kernel
+  sampling_params = model.backbone.inference_params(frozen_params, sampling.weights_dtype)
 
   def sample(index: int) -> SampledBatch:
     start = index * batch_size
