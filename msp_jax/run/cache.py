@@ -26,7 +26,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from msp_jax import distributed
+from msp_jax import distributed, runtime
 from msp_jax.config_fields import fingerprinted_fields
 from msp_jax.errors import ConfigError, DataError
 from msp_jax.files import atomic_write_text
@@ -102,7 +102,9 @@ def write_record(workdir: str | os.PathLike, name: str, stage_fingerprint: str,
 def run_stage(workdir: str | os.PathLike, name: str, stage_fingerprint: str,
               compute: Callable[[], tuple[Mapping[str, Any], Sequence[str | os.PathLike]]], *,
               force: bool = False, report: Callable[[str], None] = print) -> StageRecord:
-  """Runs `compute() -> (summary, outputs)` unless a matching finished record exists; returns the record."""
+  """Runs `compute() -> (summary, outputs)` unless a matching finished record exists; returns the record.
+  Afterwards the heap's free pages go back to the system (`runtime.release_freed_memory`): the next stage is
+  another kind of work, and a long run would otherwise hold every stage's high-water mark."""
   record = None if force else cached_record(workdir, name, stage_fingerprint)
   if record is not None:
     report(f"[{name}] already done in {record_path(workdir, name).parent.parent} "
@@ -114,7 +116,10 @@ def run_stage(workdir: str | os.PathLike, name: str, stage_fingerprint: str,
   else:
     report(f"[{name}] running")
   start = time.perf_counter()
-  summary, outputs = compute()
+  try:
+    summary, outputs = compute()
+  finally:
+    runtime.release_freed_memory()
   record = write_record(workdir, name, stage_fingerprint, outputs, summary, time.perf_counter() - start)
   report(f"[{name}] done in {record.seconds:.0f} s")
   return record
