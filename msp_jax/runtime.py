@@ -34,12 +34,8 @@ def reuse_freed_memory() -> bool:
   computation): threads that already own a malloc arena keep it. Returns False (and changes nothing) where
   malloc is not glibc's.
   """
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
+  mallopt = _glibc_function("mallopt")
+  if mallopt is None:
     return False
   # glibc documents -1 as "never trim"; mallopt returns 1 on success.
   return all(mallopt(param, value) == 1 for param, value in
@@ -50,13 +46,18 @@ def release_freed_memory() -> bool:
   """Returns the free pages of glibc's heap to the system (`malloc_trim(0)`: whole free pages anywhere in
   the heap, not only at its top), e.g. between the stages of a long run under `reuse_freed_memory`. Memory in
   use is untouched. Returns whether anything was released (False where malloc is not glibc's)."""
+  malloc_trim = _glibc_function("malloc_trim")
+  return malloc_trim is not None and malloc_trim(0) == 1
+
+
+def _glibc_function(name: str):
+  """The C library's function `name` on Linux, None where there is no such function (not glibc)."""
   if not sys.platform.startswith("linux"):
-    return False
+    return None
   try:
-    malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
   except (OSError, AttributeError):
-    return False
-  return malloc_trim(0) == 1
+    return None
 
 
 def import_tensorflow_quietly() -> None:
