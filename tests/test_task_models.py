@@ -19,7 +19,7 @@ from msp_jax.data.schema import Attribute, Example, Ontology, Span
 from msp_jax.encoders import bert, minilm_weights
 from msp_jax.encoders.wordpiece import WordPieceTokenizer
 from msp_jax.errors import ConfigError, DataError
-from msp_jax.evaluation import baselines, compare, heads, predictions, spans
+from msp_jax.evaluation import baselines, compare, heads, predictions, spans, task_models
 from msp_jax.evaluation.heads import LabelSpace
 from msp_jax.evaluation.task_models import PretrainedEncoder, TaskModelConfig, predict, train
 
@@ -140,6 +140,24 @@ def test_the_single_label_head_and_tagger_write_exact_top_parses(encoder):
   assert result["intent_accuracy"] > 95 and result["exact_match"] > 85
   for p in predict(model, test[:10], encoder):
     assert len(p["intents"]) == 1 and topv2.parse_top(p["parse"]).root.label == p["intents"][0]
+
+
+def test_a_prediction_does_not_depend_on_the_examples_predicted_beside_it(encoder):
+  """Prediction calls are sized to the examples there are (`_eval_rows`): 3 examples take an 8-row call, 200
+  take 128-row calls. The scores of an example agree to float32 rounding either way (XLA may order a sum
+  differently for another row count), and its predicted labels are the same."""
+  model = fit(intent_examples(60, 0), MULTI, dataclasses.replace(FAST, max_epochs=2), encoder)
+  _, _, predict_step = task_models._steps(encoder.config, True, "float32")
+  data = task_models.encode(intent_examples(200, 5), LabelSpace.of(MULTI), encoder.tokenizer)
+  rows = np.arange(5)
+  outputs = [jax.device_get(predict_step(model.params, None, b["ids"], b["mask"]))
+             for b in (task_models._batch(data, rows, size, 24, encoder.tokenizer.pad_id) for size in (8, 128))]
+  for small, large in zip(*outputs):
+    np.testing.assert_allclose(small[:5], large[:5], rtol=1e-5, atol=1e-6)
+  assert task_models._eval_rows(24, 3) == 8 and task_models._eval_rows(24, 20) == 32
+  assert task_models._eval_rows(24, 5000) == 128 and task_models._eval_rows(512, 5000) == 8
+  examples = intent_examples(200, 5)
+  assert predict(model, examples[:3], encoder) == predict(model, examples, encoder)[:3]
 
 
 def test_training_is_deterministic_given_the_seed_and_differs_across_seeds(encoder):
