@@ -20,7 +20,7 @@ from msp_jax.commands import experiment as experiment_command
 from msp_jax.errors import ConfigError
 from msp_jax.experiment import cells, config as cfg, report, results, runner
 from msp_jax.experiment.domains import experiment_domain, nlupp_folds
-from msp_jax.run import cache
+from msp_jax.run import cache, workflow
 from msp_jax.run.setup import prompt_checkpoint_dir
 from msp_jax.synthesis import generation
 
@@ -69,7 +69,8 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   second = tiny_runner(workdir, hook=interrupt_once)
   second.run()
   ran = [stage for _, stage in calls]
-  assert ran == ["generate", "denoise", cells.CORRECTNESS, cells.TASK_MODELS]  # the finished ones were skipped
+  # the finished ones were skipped; the domain's oracle reference follows its cells
+  assert ran == ["generate", "denoise", cells.CORRECTNESS, cells.TASK_MODELS, cells.ORACLE]
   assert sum(done_before.values()) == 2 and all(second.is_done(c, s) for c, s in second.plan())
 
   collected = results.collect(second, command="test")
@@ -79,6 +80,12 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   assert msp_row["generated"]["funnel"]["kept"] == cells.target_count(second.matrix, second.domain("front_desk"))
   assert msp_row["generated"]["correctness"] is not None
   assert [c["baseline"] for c in entry["comparisons"]] == ["seed_only"]
+  oracle = entry["oracle"]
+  test_size = len(second.test_examples("front_desk"))
+  assert oracle["predictions"] == "cells/front_desk/oracle/downstream/predictions.jsonl.gz"
+  assert set(oracle["scores"]) >= {"intent_f1", "slot_f1"} and 0 <= oracle["test_reproduced"] <= 100
+  record = cache.read_record(second.cell_dir(cells.oracle_cell("front_desk")), cells.ORACLE).summary
+  assert record["examples"] == test_size and record["correctness"] == oracle["test_reproduced"]
   seconds = {c["dir"]: c["seconds"] for c in collected["cells"]}
   assert set(seconds["cells/front_desk/msp-attention/gen0"]) == {"train", "generate", "denoise", "correctness",
                                                                  "task_models"}
@@ -92,10 +99,18 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   tampered = json.loads(path.read_text())
   files.write_jsonl_rows(predictions_file, rows)
   assert results.recompute(workdir, tampered)
+  # So does a tampered oracle predictions file (the reference figures recompute too).
+  oracle_file = workdir / oracle["predictions"]
+  rows = [row for _, row in files.read_jsonl_rows(oracle_file)]
+  gold, predicted = rows[0]["gold"], rows[0]["predicted"]
+  rows[0]["predicted"] = dict(gold) if predicted != gold else {**gold, "intents": [], "spans": []}
+  files.write_jsonl_rows(oracle_file, rows)
+  assert any(p.startswith("front_desk/oracle: ") for p in results.recompute(workdir, json.loads(path.read_text())))
 
   report.render(collected, workdir)
   html = (workdir / "report.html").read_text()
   assert html.count("data:image/png;base64,") == 2 and "seed + MSP (attention)" in html
+  assert "Reference, not a method" in html and "on the real test examples it reproduces" in html
   (workdir / "report.md").unlink()
   assert main(["report", str(workdir)]) == 0
   assert "## front_desk: paired differences" in (workdir / "report.md").read_text()
@@ -116,7 +131,8 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path):
                    ("in_context", cells.TASK_MODELS), ("msp-attention", "train"), ("msp-attention", "generate"),
                    ("msp-attention", "denoise"), ("msp-attention", cells.CORRECTNESS),
                    ("msp-attention", cells.TASK_MODELS), ("msp_consistency-attention", cells.CONSISTENCY),
-                   ("msp_consistency-attention", cells.CORRECTNESS), ("msp_consistency-attention", cells.TASK_MODELS)]
+                   ("msp_consistency-attention", cells.CORRECTNESS), ("msp_consistency-attention", cells.TASK_MODELS),
+                   ("oracle", cells.ORACLE)]
   in_context = experiment.run_of(cfg.Cell("front_desk", cfg.IN_CONTEXT, None, 0))
   assert in_context.config.mixture.mixer == "none" and not prompt_checkpoint_dir(in_context.config.workdir).is_dir()
   summary = cache.read_record(experiment.cell_dir(cfg.Cell("front_desk", cfg.MSP_CONSISTENCY, "attention", 0)),
@@ -142,6 +158,7 @@ def test_generation_seeds_share_prompts_and_a_committed_experiment_is_not_retrai
   experiment = tiny_runner(workdir, *bindings, hook=hook)
   experiment.run()
   assert [c for c in calls if c[2] == "train"] == [("msp-attention", 0, "train")]
+  assert calls[-1] == ("oracle", None, cells.ORACLE)
   assert [c for c in calls if c[1] == 1] == [("msp-attention", 1, stage) for stage in
                                              ("generate", "denoise", cells.CORRECTNESS, cells.TASK_MODELS)]
   second_seed = experiment.run_of(cfg.Cell("front_desk", cfg.MSP, "attention", 1))
@@ -168,6 +185,18 @@ def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter
   names = [(c.domain, c.name) for c in cfg.expand(matrix, "attention")]
   assert names == [("a", "seed_only"), ("a", "msp-attention"), ("a", "msp_consistency-attention"),
                    ("b", "seed_only"), ("b", "msp-attention"), ("b", "msp_consistency-attention"), ("a", "msp-cnn")]
+
+
+def test_each_domain_has_its_oracle_reference_after_its_main_cells_and_before_the_ablation():
+  matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only",), generation_seeds=(0,),
+                            ablation_domain="a", ablation_mixers=("cnn",))
+  base = workflow.RunConfig()
+  plan = runner.ExperimentRunner(matrix, base, show_progress=False).plan()
+  order = [(c.domain, c.name, stage) for c, stage in plan if stage in (cells.TASK_MODELS, cells.ORACLE)]
+  assert order == [("a", "seed_only", cells.TASK_MODELS), ("a", "oracle", cells.ORACLE),
+                   ("b", "seed_only", cells.TASK_MODELS), ("b", "oracle", cells.ORACLE),
+                   ("a", "msp-cnn", cells.TASK_MODELS)]
+  assert cells.oracle_cell("a").relative_dir == "cells/a/oracle" and not cells.oracle_cell("a").generated
 
 
 def test_domain_shapes_name_an_experiment_domain_and_two_sizes():

@@ -10,6 +10,13 @@ then has the experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/
   task_models   the fine-tuned task model on seed (+ the cell's synthetic set), `repeats` seeds, scored on the
                 test split; predictions under `<cell>/downstream/<method>/seed<k>/predictions.jsonl.gz`
 
+Each domain also has an `oracle` folder (`oracle_cell`) with one stage, after the domain's main cells:
+
+  oracle        the oracle model (the one `correctness` uses) scored on the real test split, with its
+                predictions: what a task model trained on every non-test example reaches (a sanity figure
+                for the task model), and how often it reproduces a real example's labels exactly (the
+                reference a synthetic set's correctness is read against)
+
 A cell's stage fingerprints cover the experiment's split of its domain (`domains.split_fingerprint`), so a
 changed split or setting re-runs exactly the stages it affects.
 """
@@ -30,7 +37,7 @@ from msp_jax.experiment.domains import ExperimentDomain
 from msp_jax.run import cache, workflow
 from msp_jax.tuning.msp_model import INSTRUCTION, NO_ATTRIBUTE_PROMPTS
 
-CONSISTENCY, CORRECTNESS, TASK_MODELS = "consistency", "correctness", "task_models"
+CONSISTENCY, CORRECTNESS, TASK_MODELS, ORACLE = "consistency", "correctness", "task_models", "oracle"
 UNTRAINED = "untrained"  # the in-context cell's prompt checkpoint: none, the instruction's own embeddings
 
 
@@ -141,10 +148,16 @@ def experiment_stages(cell: cfg.Cell) -> tuple[str, ...]:
   return (TASK_MODELS,)
 
 
+def oracle_cell(domain: str) -> cfg.Cell:
+  """The folder of a domain's oracle reference (`cells/<domain>/oracle`, stage `ORACLE`): not a method of the
+  matrix, so never a row of its tables."""
+  return cfg.Cell(domain, ORACLE)
+
+
 def stage_seconds(workdir: pathlib.Path) -> dict[str, float | None]:
   """Wall time of every finished stage in a workdir (from its stage records)."""
   out = {}
-  for stage in (*workflow.STAGES, CONSISTENCY, CORRECTNESS, TASK_MODELS):
+  for stage in (*workflow.STAGES, CONSISTENCY, CORRECTNESS, TASK_MODELS, ORACLE):
     record = cache.read_record(workdir, stage)
     if record is not None:
       out[stage] = record.seconds

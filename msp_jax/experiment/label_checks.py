@@ -18,6 +18,7 @@ import collections
 from typing import Sequence, TypeVar
 
 from msp_jax.data.schema import Example, TaskKind
+from msp_jax.evaluation import predictions
 
 T = TypeVar("T")
 
@@ -26,15 +27,21 @@ def _spans(spans) -> collections.Counter:
   return collections.Counter((int(s[0]), int(s[1]), str(s[2])) for s in spans)
 
 
+def labels_reproduced(gold: dict, predicted: dict, task: TaskKind) -> bool:
+  """Whether `predicted` carries the `gold` labels (module docstring); both `predictions.labels` dicts, as
+  the rows of a predictions file hold them."""
+  if task == "multi_intent":
+    return set(gold["intents"]) == set(predicted["intents"])
+  if task == "ner":
+    return _spans(gold["spans"]) == _spans(predicted["spans"])
+  root = lambda intents: intents[0] if intents else None  # noqa: E731
+  return (root(list(gold["intents"])) == root(list(predicted["intents"]))
+          and _spans(gold["spans"]) == _spans(predicted["spans"]))
+
+
 def reproduces(example: Example, predicted: dict, task: TaskKind) -> bool:
   """Whether `predicted` (a `predictions.labels` dict) carries `example`'s labels (module docstring)."""
-  gold_spans = _spans((s.start, s.end, s.label) for s in example.spans)
-  if task == "multi_intent":
-    return set(example.intents) == set(predicted["intents"])
-  if task == "ner":
-    return gold_spans == _spans(predicted["spans"])
-  root = lambda intents: intents[0] if intents else None  # noqa: E731
-  return root(list(example.intents)) == root(list(predicted["intents"])) and gold_spans == _spans(predicted["spans"])
+  return labels_reproduced(predictions.labels(example.intents, example.spans, example.parse), predicted, task)
 
 
 def correctness(examples: Sequence[Example], predicted: Sequence[dict], task: TaskKind) -> dict:

@@ -27,6 +27,12 @@ def _num(value, digits: int = 3) -> str:
   return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _oracle_reference(oracle: dict | None) -> str:
+  if not oracle or oracle["test_reproduced"] is None:
+    return ""
+  return f" (on the real test examples it reproduces {oracle['test_reproduced']:.1f}%)"
+
+
 def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
   """(title, header, rows, note) of every table of the report."""
   out = []
@@ -40,6 +46,11 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
     note = (f"{entry['protocol']}. {sizes['seed']} seed, {sizes['validation']} validation, {sizes['test']} test "
             f"examples; synthetic sets of {entry['synthetic_target']}. Mean ± std over generation seeds x "
             "downstream repeats, percent.")
+    oracle = entry.get("oracle")
+    if oracle:
+      scores = ", ".join(f"{SCORE_TITLES.get(n, n)} {oracle['scores'][n]:.1f}" for n in names)
+      note += (f" Reference, not a method: the same task model trained on every non-test example "
+               f"({oracle['train_examples']}, the oracle) scores {scores} on this test split.")
     out.append((f"{name}: downstream scores", header, rows, note))
     generated = [(row["title"], row["generated"]) for row in entry["rows"].values() if "generated" in row]
     if generated:
@@ -52,7 +63,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
       note = (f"Distinct@k on equal-size samples ({_num(seed['sample_size'], 0)} texts; the seed set's own: "
               f"{' / '.join(_num(seed['seed_distinct'][f'distinct_{k}']) for k in (1, 2, 3))}); correctness: share "
               f"of kept examples whose labels the oracle model ({sizes['oracle_train']} non-test examples) "
-              f"reproduces; perplexity under the backbone (seed set: {_num(seed['seed_perplexity'], 1)}). Funnel "
+              f"reproduces{_oracle_reference(entry.get('oracle'))}; perplexity under the backbone (seed set: {_num(seed['seed_perplexity'], 1)}). Funnel "
               "counts are summed over generation seeds.")
       out.append((f"{name}: generated data", header, rows, note))
     if entry["comparisons"]:

@@ -25,7 +25,7 @@ import numpy as np
 from msp_jax import files
 from msp_jax.errors import DataError
 from msp_jax.evaluation import predictions
-from msp_jax.experiment import cells, statistics
+from msp_jax.experiment import cells, label_checks, statistics
 from msp_jax.experiment import config as cfg
 from msp_jax.run import cache
 
@@ -154,8 +154,31 @@ def collect(runner, command: str = "") -> dict:
       if metrics:
         row["generated"] = generated_summary(metrics, correctness)
     entry["comparisons"] = compare_rows(root, entry["rows"], task, msp_row, matrix)
+    entry["oracle"] = oracle_reference(runner, name)
     results["domains"][name] = entry
   return results
+
+
+def oracle_reference(runner, domain: str) -> dict | None:
+  """The domain's oracle reference (`cells.ORACLE`), its figures recomputed from its predictions file; None
+  until that stage has run."""
+  cell = cells.oracle_cell(domain)
+  cell_dir = runner.cell_dir(cell)
+  record = cache.read_record(cell_dir, cells.ORACLE)
+  if record is None or not runner.is_done(cell, cells.ORACLE):
+    return None
+  path = (cell_dir / record.summary["predictions"]).relative_to(runner.root).as_posix()
+  return {"predictions": path, "train_examples": record.summary["oracle_train_examples"],
+          "seconds": record.seconds, **_oracle_figures(runner.root, path, runner.domain(domain).data.ontology.task)}
+
+
+def _oracle_figures(root: pathlib.Path, path: str, task: str) -> dict:
+  """{'scores', 'test_reproduced' (percent of test examples whose labels the oracle reproduces)} from the
+  oracle's predictions file."""
+  rows = predictions.read(root / path)
+  reproduced = [label_checks.labels_reproduced(r["gold"], r["predicted"], task) for r in rows]
+  return {"scores": predictions.score_rows(rows, task),
+          "test_reproduced": 100.0 * sum(reproduced) / len(rows) if rows else None}
 
 
 def write(root: pathlib.Path, results: dict) -> pathlib.Path:
@@ -190,6 +213,13 @@ def recompute(root: pathlib.Path, results: dict) -> list[str]:
         for key in ("mean", "std"):
           if not np.isclose(stats[key], entry["rows"][row_name]["scores"][score][key], atol=1e-9):
             problems.append(f"{name}/{row_name}: {score} {key} {stats[key]} != {entry['rows'][row_name]['scores'][score][key]}")
+    oracle = entry.get("oracle")
+    if oracle:
+      figures = _oracle_figures(root, oracle["predictions"], entry["task"])
+      for score, value in [*figures["scores"].items(), ("test_reproduced", figures["test_reproduced"])]:
+        recorded = oracle["scores"][score] if score in oracle["scores"] else oracle[score]
+        if not np.isclose(value, recorded, atol=1e-9):
+          problems.append(f"{name}/oracle: {score} {value} != {recorded}")
     for new, old in zip(compare_rows(root, rows, entry["task"], entry["msp_row"], matrix), entry["comparisons"]):
       for key in ("difference", "low", "high"):
         if not np.isclose(new[key], old[key], atol=1e-9):

@@ -20,7 +20,7 @@ from msp_jax import files
 from msp_jax.backbones import load_backbone
 from msp_jax.backbones.base import Backbone
 from msp_jax.errors import ConfigError
-from msp_jax.evaluation import compare, task_models
+from msp_jax.evaluation import compare, predictions, task_models
 from msp_jax.evaluation.eda import eda_examples
 from msp_jax.evaluation.heads import LabelSpace
 from msp_jax.experiment import cells, label_checks
@@ -113,15 +113,19 @@ class ExperimentRunner:
     """(cell, stage) in the order they run: a method's prompts are trained (once, `cells.train_cell`), then
     each generation seed samples and denoises (`Run`'s stages, once per source) before the first experiment
     stage that reads them."""
-    steps = []
+    steps, last_domain = [], None
     for cell in self.cells:
+      if cell.domain != last_domain and last_domain is not None:
+        steps.append((cells.oracle_cell(last_domain), cells.ORACLE))  # after the domain's main cells
+      last_domain = cell.domain
       if cell.generated:
         source, trainer = cells.source_cell(cell), cells.train_cell(cell, self.matrix)
         if trainer is not None:
           steps.append((trainer, "train"))
         steps.extend((source, stage) for stage in ("generate", "denoise"))
       steps.extend((cell, stage) for stage in cells.experiment_stages(cell))
-    return list(dict.fromkeys(steps))
+    steps.append((cells.oracle_cell(last_domain), cells.ORACLE))
+    return list(dict.fromkeys(steps))  # the ablation's domain keeps its first oracle step
 
   def reads(self, cell: cfg.Cell, stage: str) -> list[tuple[cfg.Cell, str]]:
     """The `Run` stages whose outputs a stage reads."""
@@ -182,7 +186,7 @@ class ExperimentRunner:
     if stage == "denoise":
       return self.run_of(cell).denoise()
     compute = {cells.CONSISTENCY: self._consistency, cells.CORRECTNESS: self._correctness,
-               cells.TASK_MODELS: self._task_models}[stage]
+               cells.TASK_MODELS: self._task_models, cells.ORACLE: self._oracle_reference}[stage]
     return cache.run_stage(self.cell_dir(cell), stage, self.fingerprint(cell, stage), lambda: compute(cell),
                            report=lambda line: self.log(f"{cell.relative_dir} {line}"))
 
@@ -198,6 +202,10 @@ class ExperimentRunner:
     if stage == cells.CORRECTNESS:
       return cache.fingerprint({"synthetic": self.synthetic_fingerprint(cell), "oracle": self._model_settings(),
                                 "max_oracle_examples": self.matrix.max_oracle_examples})
+    if stage == cells.ORACLE:
+      return cache.fingerprint({"split": self.split(cell.domain), "oracle": self._model_settings(),
+                                "max_oracle_examples": self.matrix.max_oracle_examples,
+                                "max_test_examples": self.base.max_test_examples})
     return cache.fingerprint({"synthetic": self.synthetic_fingerprint(cell), "task_model": self.base.task_model,
                               "repeats": self.matrix.repeats, "max_test_examples": self.base.max_test_examples})
 
@@ -269,6 +277,20 @@ class ExperimentRunner:
     summary = label_checks.correctness(kept, predicted, task)
     summary["oracle_train_examples"] = len(self.domain(cell.domain).oracle_train)
     return summary, []
+
+  def _oracle_reference(self, cell: cfg.Cell):
+    """The oracle model on the real test split: its scores, how many test examples it reproduces exactly
+    (`label_checks.correctness`, as for a synthetic set), and its predictions file."""
+    domain = self.domain(cell.domain)
+    task = domain.data.ontology.task
+    test = self.test_examples(cell.domain)
+    predicted = task_models.predict(self.model(cell.domain, "oracle"), test, self.encoder)
+    relative = pathlib.Path(workflow.DOWNSTREAM_DIR) / PREDICTIONS_FILE
+    rows = [predictions.row(e, p) for e, p in zip(test, predicted)]
+    predictions.write(self.cell_dir(cell) / relative, rows)
+    summary = {"predictions": relative.as_posix(), "scores": predictions.score_rows(rows, task),
+               "oracle_train_examples": len(domain.oracle_train), **label_checks.correctness(test, predicted, task)}
+    return summary, [self.cell_dir(cell) / relative]
 
   def _consistency(self, cell: cfg.Cell):
     """The msp cell's candidates, denoised as it did, ranked kept set first then best score first, filtered by
