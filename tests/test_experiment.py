@@ -79,6 +79,9 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   msp_row = entry["rows"]["msp-attention"]
   assert msp_row["generated"]["funnel"]["kept"] == cells.target_count(second.matrix, second.domain("front_desk"))
   assert msp_row["generated"]["correctness"] is not None
+  noise = msp_row["generated"]["label_noise"]
+  assert set(noise) == {"template_leak", "degenerate_span", "unlabelled_capitalised"}
+  assert noise["template_leak"] == 0.0 and entry["seed_label_noise"]["examples"] == len(second.domain("front_desk").seeds)
   assert [c["baseline"] for c in entry["comparisons"]] == ["seed_only"]
   oracle = entry["oracle"]
   test_size = len(second.test_examples("front_desk"))
@@ -111,6 +114,7 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   html = (workdir / "report.html").read_text()
   assert html.count("data:image/png;base64,") == 2 and "seed + MSP (attention)" in html
   assert "Reference, not a method" in html and "on the real test examples it reproduces" in html
+  assert "front_desk: label-noise indicators" in html
   (workdir / "report.md").unlink()
   assert main(["report", str(workdir)]) == 0
   assert "## front_desk: paired differences" in (workdir / "report.md").read_text()

@@ -33,6 +33,22 @@ def _oracle_reference(oracle: dict | None) -> str:
   return f" (on the real test examples it reproduces {oracle['test_reproduced']:.1f}%)"
 
 
+def _noise_table(name: str, entry: dict, generated: list[tuple[str, dict]]) -> tuple:
+  """The label-noise indicators (`synthesis.label_noise`) of each generated row beside the seed set's."""
+  keys = ("template_leak", "degenerate_span", "unlabelled_capitalised")
+  seed = entry.get("seed_label_noise") or {}
+  rows = [["seed set", *[_num(seed.get(k), 2 if k == keys[2] else 1) for k in keys]]]
+  rows += [[title, *[_num(g.get("label_noise", {}).get(k), 2 if k == keys[2] else 1) for k in keys]]
+           for title, g in generated]
+  note = ("Counted on the kept sets without a model (`msp_jax/synthesis/label_noise.py`), means over generation "
+          "seeds. Template leak: % of texts carrying the prompt's markup (an intents section, an exemplar "
+          "number, a line break, an HTML character reference). Degenerate span: % of examples with a span that "
+          "is a pronoun or a label's own name. Unlabelled capitalised: capitalised word runs outside every span, "
+          "per example (in NER data mostly entities left unlabelled).")
+  return (f"{name}: label-noise indicators", ["set", "template leak %", "degenerate span %",
+                                              "unlabelled capitalised / example"], rows, note)
+
+
 def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
   """(title, header, rows, note) of every table of the report."""
   out = []
@@ -66,6 +82,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
               f"reproduces{_oracle_reference(entry.get('oracle'))}; perplexity under the backbone (seed set: {_num(seed['seed_perplexity'], 1)}). Funnel "
               "counts are summed over generation seeds.")
       out.append((f"{name}: generated data", header, rows, note))
+      out.append(_noise_table(name, entry, generated))
     if entry["comparisons"]:
       header = ["method", "baseline", "difference", "95% interval", "includes 0"]
       titles = {k: row["title"] for k, row in entry["rows"].items()}

@@ -28,6 +28,7 @@ from msp_jax.evaluation import predictions
 from msp_jax.experiment import cells, label_checks, statistics
 from msp_jax.experiment import config as cfg
 from msp_jax.run import cache
+from msp_jax.synthesis import export, label_noise
 
 RESULTS_FILE = "results.json"
 BASELINES = (cfg.SEED_ONLY, cfg.EDA, cfg.IN_CONTEXT, cfg.PROMPT_TUNING)
@@ -37,7 +38,7 @@ def _mean(values: list[float]) -> float | None:
   return float(np.mean(values)) if values else None
 
 
-def generated_summary(metrics: list[dict], correctness: list[dict]) -> dict[str, Any]:
+def generated_summary(metrics: list[dict], correctness: list[dict], noise: list[dict]) -> dict[str, Any]:
   """A generated row's data metrics: means over its generation seeds; funnel counts summed over them."""
   distinct = {f"distinct_{k}": _mean([m["distinct_equal_size"]["synthetic"][f"distinct_{k}"] for m in metrics])
               for k in (1, 2, 3)}
@@ -63,6 +64,8 @@ def generated_summary(metrics: list[dict], correctness: list[dict]) -> dict[str,
                  "candidates": sum(int(m["denoise"]["candidates"]) for m in metrics),
                  "kept": sum(int(m["kept"]["count"]) for m in metrics)},
       "dropped": drops,
+      "label_noise": {key: _mean([n[key] for n in noise if n[key] is not None])
+                      for key in ("template_leak", "degenerate_span", "unlabelled_capitalised")},
   }
 
 
@@ -126,12 +129,13 @@ def collect(runner, command: str = "") -> dict:
     task = domain.data.ontology.task
     entry = {"task": task, "protocol": domain.protocol, "sizes": domain.sizes(),
              "synthetic_target": cells.target_count(matrix, domain), "main_score": predictions.MAIN_SCORE[task],
-             "score_names": list(predictions.SCORE_NAMES[task]), "msp_row": msp_row, "rows": {}}
+             "score_names": list(predictions.SCORE_NAMES[task]), "msp_row": msp_row, "rows": {},
+             "seed_label_noise": label_noise.noise_summary(domain.seeds, domain.data.ontology.names)}
     for cell in (c for c in runner.cells if c.domain == name):
       row = entry["rows"].setdefault(cell.name, {"method": cell.method, "mixer": cell.mixer,
                                                  "title": cfg.TITLES[cell.method] + (f" ({cell.mixer})" if
                                                                                     cell.mixer else ""),
-                                                 "runs": [], "_metrics": [], "_correctness": []})
+                                                 "runs": [], "_metrics": [], "_correctness": [], "_noise": []})
       cell_dir = runner.cell_dir(cell)
       results["cells"].append({"domain": name, "method": cell.name, "generation_seed": cell.generation_seed,
                                "dir": cell.relative_dir, "seconds": cells.stage_seconds(cell_dir)})
@@ -148,11 +152,13 @@ def collect(runner, command: str = "") -> dict:
         correctness = cache.read_record(cell_dir, cells.CORRECTNESS)
         if correctness is not None:
           row["_correctness"].append(correctness.summary)
+        kept = [r.example for r in export.read_jsonl(runner.synthetic_file(cell))]
+        row["_noise"].append(label_noise.noise_summary(kept, domain.data.ontology.names))
     for row in entry["rows"].values():
-      metrics, correctness = row.pop("_metrics"), row.pop("_correctness")
+      metrics, correctness, noise = row.pop("_metrics"), row.pop("_correctness"), row.pop("_noise")
       row["scores"] = score_row(root, row, task)
       if metrics:
-        row["generated"] = generated_summary(metrics, correctness)
+        row["generated"] = generated_summary(metrics, correctness, noise)
     entry["comparisons"] = compare_rows(root, entry["rows"], task, msp_row, matrix)
     entry["oracle"] = oracle_reference(runner, name)
     results["domains"][name] = entry
