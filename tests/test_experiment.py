@@ -22,7 +22,7 @@ from msp_jax.experiment import cells, config as cfg, report, results, runner
 from msp_jax.experiment.domains import experiment_domain, nlupp_folds
 from msp_jax.run import cache, workflow
 from msp_jax.run.setup import prompt_checkpoint_dir
-from msp_jax.synthesis import generation
+from msp_jax.synthesis import export, generation, label_noise
 
 TINY = ["experiments/tiny.gin"]
 
@@ -126,17 +126,21 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
                    ("msp-attention", cells.CORRECTNESS), ("msp-attention", cells.TASK_MODELS)]
 
 
-def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path):
+def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path, monkeypatch):
   calls = []
-  experiment = tiny_runner(tmp_path / "exp", "msp.experiment_matrix.methods = ['in_context', 'msp_consistency']",
+  experiment = tiny_runner(tmp_path / "exp",
+                           "msp.experiment_matrix.methods = ['in_context', 'msp_consistency', 'msp_noise_filter']",
                            hook=lambda cell, stage: calls.append((cell.name, stage)))
+  odd = lambda text: int(text.rsplit(" ", 1)[1]) % 2 == 1  # noqa: E731  (chatty_outputs' numbered requests)
+  monkeypatch.setattr(label_noise, "is_noisy", lambda example, names: odd(example.text))
   experiment.run()
   assert calls == [("in_context", "generate"), ("in_context", "denoise"), ("in_context", cells.CORRECTNESS),
                    ("in_context", cells.TASK_MODELS), ("msp-attention", "train"), ("msp-attention", "generate"),
                    ("msp-attention", "denoise"), ("msp-attention", cells.CORRECTNESS),
                    ("msp-attention", cells.TASK_MODELS), ("msp_consistency-attention", cells.CONSISTENCY),
                    ("msp_consistency-attention", cells.CORRECTNESS), ("msp_consistency-attention", cells.TASK_MODELS),
-                   ("oracle", cells.ORACLE)]
+                   ("msp_noise_filter-attention", cells.NOISE_FILTER), ("msp_noise_filter-attention", cells.CORRECTNESS),
+                   ("msp_noise_filter-attention", cells.TASK_MODELS), ("oracle", cells.ORACLE)]
   in_context = experiment.run_of(cfg.Cell("front_desk", cfg.IN_CONTEXT, None, 0))
   assert in_context.config.mixture.mixer == "none" and not prompt_checkpoint_dir(in_context.config.workdir).is_dir()
   summary = cache.read_record(experiment.cell_dir(cfg.Cell("front_desk", cfg.MSP_CONSISTENCY, "attention", 0)),
@@ -144,10 +148,25 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path):
   counts = summary["metrics"]["consistency"]
   assert summary["kept"] + counts["short_of_target"] == cells.target_count(experiment.matrix,
                                                                             experiment.domain("front_desk"))
+  # The noise filter drops exactly the noisy candidates and fills from the next-best ones.
+  target = cells.target_count(experiment.matrix, experiment.domain("front_desk"))
+  filtered = cfg.Cell("front_desk", cfg.MSP_NOISE_FILTER, "attention", 0)
+  kept = {r.example.text for r in export.read_jsonl(experiment.synthetic_file(filtered))}
+  msp_kept = {r.example.text for r in export.read_jsonl(experiment.synthetic_file(cfg.Cell("front_desk", cfg.MSP,
+                                                                                           "attention", 0)))}
+  counts = cache.read_record(experiment.cell_dir(filtered), cells.NOISE_FILTER).summary["metrics"]["label_noise_filter"]
+  noisy = {text for text in kept | msp_kept if odd(text)}
+  assert not kept & noisy and counts["kept"] == len(kept) == target - counts["short_of_target"]
+  assert counts["noisy_in_kept_set"] == len(msp_kept & noisy) > 0 and msp_kept - noisy <= kept
+  assert counts["filled"] == len(kept - msp_kept)
   collected = results.collect(experiment)
   baselines = {(c["method"], c["baseline"]) for c in collected["domains"]["front_desk"]["comparisons"]}
   assert baselines == {("msp-attention", "in_context"), ("msp_consistency-attention", "in_context"),
-                       ("msp_consistency-attention", "msp-attention")}
+                       ("msp_consistency-attention", "msp-attention"), ("msp_noise_filter-attention", "in_context"),
+                       ("msp_noise_filter-attention", "msp-attention")}
+  dropped = collected["domains"]["front_desk"]["rows"]["msp_noise_filter-attention"]["generated"]["dropped"]
+  assert dropped.get("noisy_in_kept_set", 0) + dropped.get("noisy_in_fill", 0) == sum(
+      counts[k] for k in ("noisy_in_kept_set", "noisy_in_fill"))
 
 
 def test_generation_seeds_share_prompts_and_a_committed_experiment_is_not_retrained(tmp_path):

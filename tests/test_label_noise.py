@@ -53,3 +53,9 @@ def test_noise_summary_is_percent_of_examples_and_mean_per_example():
   summary = label_noise.noise_summary(examples, ["x"])
   assert summary == {"examples": 4, "template_leak": 25.0, "degenerate_span": 25.0, "unlabelled_capitalised": 0.25}
   assert label_noise.noise_summary([], ["x"])["template_leak"] is None
+
+
+def test_is_noisy_is_template_markup_or_a_degenerate_span():
+  assert label_noise.is_noisy(example("a room // intents: booking"), ["x"])
+  assert label_noise.is_noisy(example("meet me at date_from", ("date_from", "date_from")), ["date_from"])
+  assert not label_noise.is_noisy(example("ask Anna and Bo", ("Anna", "person")), ["person"])  # a set's property

@@ -2,9 +2,10 @@
 
 A generated cell (in_context, prompt_tuning, msp-<mixer>) is a `workflow.Run` workdir: its generate and
 denoise stages are `Run`'s own, cached by their fingerprints. Prompts are trained once per method (and mixer),
-in the workdir of the first generation seed (`train_cell`); the other seeds sample from them. msp_consistency reads
-the msp cell of the same mixer and generation seed and adds a `consistency` stage in its own folder. Every cell
-then has the experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
+in the workdir of the first generation seed (`train_cell`); the other seeds sample from them. The msp filters
+(msp_consistency, msp_noise_filter) read the msp cell of the same mixer and generation seed and add their filter
+stage (`FILTER_STAGES`: `consistency`, `noise_filter`) in their own folder. Every cell then has the
+experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
 
   correctness   generated cells: the oracle model's predictions on the kept set (`label_checks.correctness`)
   task_models   the fine-tuned task model on seed (+ the cell's synthetic set), `repeats` seeds, scored on the
@@ -37,7 +38,9 @@ from msp_jax.experiment.domains import ExperimentDomain
 from msp_jax.run import cache, workflow
 from msp_jax.tuning.msp_model import INSTRUCTION, NO_ATTRIBUTE_PROMPTS
 
-CONSISTENCY, CORRECTNESS, TASK_MODELS, ORACLE = "consistency", "correctness", "task_models", "oracle"
+CONSISTENCY, NOISE_FILTER, CORRECTNESS, TASK_MODELS, ORACLE = (
+    "consistency", "noise_filter", "correctness", "task_models", "oracle")
+FILTER_STAGES = {cfg.MSP_CONSISTENCY: CONSISTENCY, cfg.MSP_NOISE_FILTER: NOISE_FILTER}  # an msp filter's stage
 UNTRAINED = "untrained"  # the in-context cell's prompt checkpoint: none, the instruction's own embeddings
 
 
@@ -92,9 +95,9 @@ def target_count(matrix: cfg.MatrixConfig, domain: ExperimentDomain) -> int:
 
 def cell_config(base: workflow.RunConfig, cell: cfg.Cell, domain: ExperimentDomain, matrix: cfg.MatrixConfig,
                 workdir: pathlib.Path, split: str, in_context_prefix: int | None = None) -> CellConfig:
-  """The run config of a generated cell (msp_consistency: that of the msp cell it filters)."""
+  """The run config of a generated cell (an msp filter: that of the msp cell it filters)."""
   mixture = base.mixture
-  if cell.method in (cfg.MSP, cfg.MSP_CONSISTENCY):
+  if cell.method in (cfg.MSP, *cfg.MSP_FILTERS):
     mixture = dataclasses.replace(mixture, mixer=cell.mixer)
   elif cell.method == cfg.PROMPT_TUNING:
     length = matrix.prompt_tuning_length or mixture.prefix_length + mixture.attribute_length
@@ -117,8 +120,8 @@ def cell_config(base: workflow.RunConfig, cell: cfg.Cell, domain: ExperimentDoma
 
 
 def source_cell(cell: cfg.Cell) -> cfg.Cell:
-  """The cell whose Run stages a cell uses: msp_consistency filters the msp cell of its mixer and seed."""
-  if cell.method == cfg.MSP_CONSISTENCY:
+  """The cell whose Run stages a cell uses: an msp filter filters the msp cell of its mixer and seed."""
+  if cell.method in cfg.MSP_FILTERS:
     return dataclasses.replace(cell, method=cfg.MSP)
   return cell
 
@@ -141,8 +144,8 @@ def run_stages(cell: cfg.Cell, matrix: cfg.MatrixConfig) -> tuple[str, ...]:
 
 def experiment_stages(cell: cfg.Cell) -> tuple[str, ...]:
   """The experiment's own stages of a cell, in order."""
-  if cell.method == cfg.MSP_CONSISTENCY:
-    return (CONSISTENCY, CORRECTNESS, TASK_MODELS)
+  if cell.method in FILTER_STAGES:
+    return (FILTER_STAGES[cell.method], CORRECTNESS, TASK_MODELS)
   if cell.generated:
     return (CORRECTNESS, TASK_MODELS)
   return (TASK_MODELS,)
@@ -157,7 +160,7 @@ def oracle_cell(domain: str) -> cfg.Cell:
 def stage_seconds(workdir: pathlib.Path) -> dict[str, float | None]:
   """Wall time of every finished stage in a workdir (from its stage records)."""
   out = {}
-  for stage in (*workflow.STAGES, CONSISTENCY, CORRECTNESS, TASK_MODELS, ORACLE):
+  for stage in (*workflow.STAGES, CONSISTENCY, NOISE_FILTER, CORRECTNESS, TASK_MODELS, ORACLE):
     record = cache.read_record(workdir, stage)
     if record is not None:
       out[stage] = record.seconds

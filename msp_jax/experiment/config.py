@@ -13,6 +13,9 @@ Methods (each downstream model is trained on seed + its synthetic set of the sam
   msp              seed + MSP (attribute prompts + the mixer of `MixtureConfig.mixer`)
   msp_consistency  msp's candidates after the denoiser, less those whose labels a task model trained on the
                    seeds alone contradicts, filled to the target from the next-best candidates
+  msp_noise_filter msp's candidates after the denoiser, less those with a sign of label noise readable without
+                   a model (`synthesis.label_noise.is_noisy`: template markup in the text, a span that is a
+                   pronoun or a label's name), filled to the target from the next-best candidates
 
 The three generators share the backbone, the sampling settings and the denoiser. The mixer ablation adds an
 msp cell per mixer in `ablation_mixers` on `ablation_domain` (the msp cell of the same mixer is shared).
@@ -27,13 +30,15 @@ from typing import Mapping
 from msp_jax.errors import ConfigError
 from msp_jax.tuning.mixers import MIXERS
 
-SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY = (
-    "seed_only", "eda", "in_context", "prompt_tuning", "msp", "msp_consistency")
-METHODS = (SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY)
-GENERATED = (IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY)  # one cell per generation seed
-TRAINED_PROMPTS = (PROMPT_TUNING, MSP, MSP_CONSISTENCY)        # need a trained prompt checkpoint
+SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER = (
+    "seed_only", "eda", "in_context", "prompt_tuning", "msp", "msp_consistency", "msp_noise_filter")
+METHODS = (SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER)
+MSP_FILTERS = (MSP_CONSISTENCY, MSP_NOISE_FILTER)               # filter the msp cell of their mixer and seed
+GENERATED = (IN_CONTEXT, PROMPT_TUNING, MSP, *MSP_FILTERS)      # one cell per generation seed
+TRAINED_PROMPTS = (PROMPT_TUNING, MSP, *MSP_FILTERS)            # need a trained prompt checkpoint
 TITLES = {SEED_ONLY: "seed only", EDA: "seed + EDA", IN_CONTEXT: "seed + in-context", PROMPT_TUNING:
-          "seed + prompt tuning", MSP: "seed + MSP", MSP_CONSISTENCY: "seed + MSP + consistency"}
+          "seed + prompt tuning", MSP: "seed + MSP", MSP_CONSISTENCY: "seed + MSP + consistency",
+          MSP_NOISE_FILTER: "seed + MSP + noise filter"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +132,7 @@ def _safe(name: str) -> str:
 
 def expand(matrix: MatrixConfig, msp_mixer: str) -> list[Cell]:
   """Every cell, in the order they run: per domain, the methods in the matrix's order (msp with `msp_mixer`;
-  msp_consistency after the msp cell it filters); then the ablation's other mixers, so an experiment split
+  the msp filters after the msp cell they filter); then the ablation's other mixers, so an experiment split
   over sessions has every domain's main table before the ablation."""
   cells: list[Cell] = []
   for domain in matrix.domains:
@@ -135,8 +140,8 @@ def expand(matrix: MatrixConfig, msp_mixer: str) -> list[Cell]:
       if method not in GENERATED:
         cells.append(Cell(domain, method))
         continue
-      mixer = msp_mixer if method in (MSP, MSP_CONSISTENCY) else None
-      if method == MSP_CONSISTENCY and MSP not in matrix.methods:
+      mixer = msp_mixer if method in (MSP, *MSP_FILTERS) else None
+      if method in MSP_FILTERS and MSP not in matrix.methods:
         cells.extend(Cell(domain, MSP, msp_mixer, s) for s in matrix.generation_seeds)  # what it filters
       cells.extend(Cell(domain, method, mixer, s) for s in matrix.generation_seeds)
   if matrix.ablation_domain is not None:

@@ -50,9 +50,11 @@ def generated_summary(metrics: list[dict], correctness: list[dict], noise: list[
   for m in metrics:
     for reason, count in {**m.get("generation_dropped", {}), **m.get("denoise", {}).get("dropped", {})}.items():
       drops[reason] = drops.get(reason, 0) + int(count)
-    for reason in ("contradicted_in_kept_set", "contradicted_in_fill"):
-      if reason in m.get("consistency", {}):
-        drops[reason] = drops.get(reason, 0) + int(m["consistency"][reason])
+    for key, reasons in (("consistency", ("contradicted_in_kept_set", "contradicted_in_fill")),
+                         ("label_noise_filter", ("noisy_in_kept_set", "noisy_in_fill"))):
+      for reason in reasons:
+        if reason in m.get(key, {}):
+          drops[reason] = drops.get(reason, 0) + int(m[key][reason])
   return {
       "distinct": distinct, "seed_distinct": seed_distinct,
       "sample_size": _mean([m["distinct_equal_size"]["sample_size"] for m in metrics]),
@@ -84,7 +86,7 @@ def score_row(root: pathlib.Path, row: dict, task: str) -> dict[str, dict[str, f
 
 
 def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix: cfg.MatrixConfig) -> list[dict]:
-  """Paired bootstrap of (MSP - each baseline) and (MSP + consistency - each baseline and MSP), main score."""
+  """Paired bootstrap of (MSP - each baseline) and (each MSP filter - each baseline and MSP), main score."""
   score = predictions.MAIN_SCORE[task]
   counts: dict[str, list[np.ndarray]] = {}
   uids: dict[str, list[str]] = {}
@@ -99,9 +101,9 @@ def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix
       counts[name] = [statistics.example_counts(r, score) for r in runs]
     return counts[name]
 
-  consistency_row = msp_row.replace(cfg.MSP, cfg.MSP_CONSISTENCY, 1)
+  filter_rows = [msp_row.replace(cfg.MSP, method, 1) for method in cfg.MSP_FILTERS]
   out = []
-  for target, others in ((msp_row, BASELINES), (consistency_row, (*BASELINES, msp_row))):
+  for target, others in ((msp_row, BASELINES), *((row, (*BASELINES, msp_row)) for row in filter_rows)):
     if target not in rows or not rows[target]["runs"]:
       continue
     for baseline in others:

@@ -28,7 +28,7 @@ from msp_jax.experiment import config as cfg
 from msp_jax.experiment.domains import ExperimentDomain, experiment_domain, split_fingerprint
 from msp_jax.progress import Progress
 from msp_jax.run import cache, workflow
-from msp_jax.synthesis import export, synthetic_metrics
+from msp_jax.synthesis import export, label_noise, synthetic_metrics
 
 LOG_FILE = "experiment.log"
 PREDICTIONS_FILE = "predictions.jsonl.gz"  # a run's test predictions, gzipped: the experiment commits them
@@ -64,7 +64,7 @@ class ExperimentRunner:
     return self.root / cell.relative_dir
 
   def run_of(self, cell: cfg.Cell) -> cells.CellRun:
-    """The `CellRun` of a generated cell's source (msp for msp_consistency)."""
+    """The `CellRun` of a generated cell's source (msp for the msp filters)."""
     source = cells.source_cell(cell)
     if source not in self._runs:
       prefix = None
@@ -137,7 +137,7 @@ class ExperimentRunner:
       return [(trainer, "train")] if trainer is not None else []
     if stage == "denoise":
       return [(source, "generate")]
-    return [(source, "denoise")] + ([(source, "generate")] if stage == cells.CONSISTENCY else [])
+    return [(source, "denoise")] + ([(source, "generate")] if stage in cells.FILTER_STAGES.values() else [])
 
   def pending(self) -> list[tuple[cfg.Cell, str]]:
     """The steps of `plan` still to run: every experiment stage not done, and the `Run` stages (not done) that a
@@ -185,8 +185,9 @@ class ExperimentRunner:
       return self.run_of(cell).generate()
     if stage == "denoise":
       return self.run_of(cell).denoise()
-    compute = {cells.CONSISTENCY: self._consistency, cells.CORRECTNESS: self._correctness,
-               cells.TASK_MODELS: self._task_models, cells.ORACLE: self._oracle_reference}[stage]
+    compute = {cells.CONSISTENCY: self._consistency, cells.NOISE_FILTER: self._noise_filter,
+               cells.CORRECTNESS: self._correctness, cells.TASK_MODELS: self._task_models,
+               cells.ORACLE: self._oracle_reference}[stage]
     return cache.run_stage(self.cell_dir(cell), stage, self.fingerprint(cell, stage), lambda: compute(cell),
                            report=lambda line: self.log(f"{cell.relative_dir} {line}"))
 
@@ -199,6 +200,8 @@ class ExperimentRunner:
               "denoise": c.denoise_fingerprint}[stage]()
     if stage == cells.CONSISTENCY:
       return cache.fingerprint({"denoise": self.fingerprint(cell, "denoise"), "seed_model": self._model_settings()})
+    if stage == cells.NOISE_FILTER:
+      return cache.fingerprint({"denoise": self.fingerprint(cell, "denoise"), "filter": label_noise.FILTER_VERSION})
     if stage == cells.CORRECTNESS:
       return cache.fingerprint({"synthetic": self.synthetic_fingerprint(cell), "oracle": self._model_settings(),
                                 "max_oracle_examples": self.matrix.max_oracle_examples})
@@ -211,8 +214,8 @@ class ExperimentRunner:
 
   def synthetic_fingerprint(self, cell: cfg.Cell) -> str:
     """What a cell's training set depends on."""
-    if cell.method == cfg.MSP_CONSISTENCY:
-      return self.fingerprint(cell, cells.CONSISTENCY)
+    if cell.method in cells.FILTER_STAGES:
+      return self.fingerprint(cell, cells.FILTER_STAGES[cell.method])
     if cell.generated:
       return self.fingerprint(cell, "denoise")
     domain = self.domain(cell.domain)
@@ -226,7 +229,7 @@ class ExperimentRunner:
   # ------------------------------------------------------------------------------------------ stages
   def synthetic_file(self, cell: cfg.Cell) -> pathlib.Path:
     """The cell's kept synthetic set (JSONL of `export.SyntheticRecord`s)."""
-    if cell.method == cfg.MSP_CONSISTENCY:
+    if cell.method in cfg.MSP_FILTERS:
       return self.cell_dir(cell) / workflow.SYNTHETIC_DIR / "synthetic.jsonl"
     return pathlib.Path(self.run_of(cell).denoised().files.jsonl)
 
@@ -293,8 +296,30 @@ class ExperimentRunner:
     return summary, [self.cell_dir(cell) / relative]
 
   def _consistency(self, cell: cfg.Cell):
-    """The msp cell's candidates, denoised as it did, ranked kept set first then best score first, filtered by
-    the seed model and filled to the target (`label_checks.consistent_fill`)."""
+    """msp_consistency: drops the candidates whose labels the seed model (seeds only, selected on validation)
+    does not reproduce (`_filter`)."""
+    task = self.domain(cell.domain).data.ontology.task
+
+    def agrees(ranked: list) -> list[bool]:
+      predicted = task_models.predict(self.model(cell.domain, "seed"), [c.example for c in ranked], self.encoder)
+      return [label_checks.reproduces(c.example, p, task) for c, p in zip(ranked, predicted)]
+
+    return self._filter(cell, agrees, description="consistency with the seed model", key="consistency",
+                        dropped="contradicted", agreement="seed_model_agreement_ranked")
+
+  def _noise_filter(self, cell: cfg.Cell):
+    """msp_noise_filter: drops the candidates with a sign of label noise (`label_noise.is_noisy`, `_filter`)."""
+    names = self.domain(cell.domain).data.ontology.names
+    return self._filter(cell, lambda ranked: [not label_noise.is_noisy(c.example, names) for c in ranked],
+                        description="label-noise indicators", key="label_noise_filter", dropped="noisy",
+                        agreement="clean_ranked")
+
+  def _filter(self, cell: cfg.Cell, keep: Callable[[list], list[bool]], *, description: str, key: str,
+              dropped: str, agreement: str):
+    """The msp cell's candidates, denoised as it did, ranked kept set first then best score first, those
+    `keep` refuses dropped and the rest filled to the target (`label_checks.consistent_fill`); exported with
+    the metrics of a kept set and the filter's counts under `metrics[key]` ('<dropped>_in_kept_set',
+    '<dropped>_in_fill', 'filled', 'short_of_target', 'kept', and `agreement`: percent of ranked kept)."""
     source = self.run_of(cell)
     source_dir = self.cell_dir(cells.source_cell(cell))
     domain = self.domain(cell.domain)
@@ -303,13 +328,12 @@ class ExperimentRunner:
     kept_ids = {id(c) for c in result.kept}
     order = sorted(range(len(candidates)), key=lambda i: (id(candidates[i]) not in kept_ids, result.scores[i], i))
     ranked = [candidates[i] for i in order]
-    predicted = task_models.predict(self.model(cell.domain, "seed"), [c.example for c in ranked], self.encoder)
-    task = domain.data.ontology.task
-    agrees = [label_checks.reproduces(c.example, p, task) for c, p in zip(ranked, predicted)]
+    agrees = keep(ranked)
     chosen, counts = label_checks.consistent_fill(list(zip(ranked, (float(result.scores[i]) for i in order))),
                                                   agrees, target, len(result.kept))
+    counts = {name.replace("contradicted", dropped): count for name, count in counts.items()}
     provenance = {"backbone": source.config.experiment.backbone, "prompt_checkpoint": plan["prompt_checkpoint"],
-                  "seed": source.config.generation.seed, "filter": "consistency with the seed model"}
+                  "seed": source.config.generation.seed, "filter": description}
     records = [export.SyntheticRecord(c.example, s, c.seed_uid, c.novel, provenance) for c, s in chosen]
     out = self.cell_dir(cell) / workflow.SYNTHETIC_DIR
     exported = workflow.export_synthetic(out, records, domain.seeds)
@@ -320,8 +344,8 @@ class ExperimentRunner:
         kept_requested=[c.requested for c, _ in chosen], seeds=domain.seeds, ontology=domain.data.ontology,
         backbone=setup.model.backbone, params=setup.frozen_params, seed=source.config.generation.seed)
     metrics["denoise"] = result.summary
-    metrics["consistency"] = {**counts, "kept": len(records), "seed_model_agreement_ranked":
-                              100.0 * sum(agrees) / len(agrees) if agrees else 0.0}
+    metrics[key] = {**counts, "kept": len(records),
+                    agreement: 100.0 * sum(agrees) / len(agrees) if agrees else 0.0}
     metrics["generation_dropped"] = generated["dropped"]
     files.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     summary = {"kept": len(records), "metrics": metrics, "files": dataclasses.asdict(exported),
@@ -329,7 +353,7 @@ class ExperimentRunner:
     return summary, [exported.jsonl, exported.seeds, out / "metrics.json"]
 
   def metrics_file(self, cell: cfg.Cell) -> pathlib.Path:
-    if cell.method == cfg.MSP_CONSISTENCY:
+    if cell.method in cfg.MSP_FILTERS:
       return self.cell_dir(cell) / workflow.SYNTHETIC_DIR / "metrics.json"
     return pathlib.Path(self.run_of(cell).denoised().metrics_file)
 

@@ -62,6 +62,15 @@ def unlabelled_capitalised(example: Example) -> int:
   return count
 
 
+FILTER_VERSION = 1  # bump when `is_noisy` changes what it drops: the experiment's filter stages re-run
+
+
+def is_noisy(example: Example, label_names: Iterable[str]) -> bool:
+  """Whether the example shows template markup or a degenerate span (the filter of `msp_noise_filter`; the
+  capitalised-run count is a property of a set, not a reason to drop one example)."""
+  return template_leak(example.text) or degenerate_spans(example, _label_forms(label_names)) > 0
+
+
 def noise_summary(examples: Sequence[Example], label_names: Iterable[str]) -> dict[str, float | int | None]:
   """The three indicators over a set (module docstring); None for an empty set."""
   n = len(examples)
