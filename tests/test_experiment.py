@@ -83,6 +83,8 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   assert set(noise) == {"template_leak", "degenerate_span", "unlabelled_capitalised"}
   assert noise["template_leak"] == 0.0 and entry["seed_label_noise"]["examples"] == len(second.domain("front_desk").seeds)
   assert [c["baseline"] for c in entry["comparisons"]] == ["seed_only"]
+  for row in entry["rows"].values():  # the selection score on validation, per run and as mean ± std
+    assert row["validation"]["n"] == len(row["runs"]) and all(0 <= r["validation"] <= 100 for r in row["runs"])
   oracle = entry["oracle"]
   test_size = len(second.test_examples("front_desk"))
   assert oracle["predictions"] == "cells/front_desk/oracle/downstream/predictions.jsonl.gz"
@@ -114,7 +116,7 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   html = (workdir / "report.html").read_text()
   assert html.count("data:image/png;base64,") == 2 and "seed + MSP (attention)" in html
   assert "Reference, not a method" in html and "on the real test examples it reproduces" in html
-  assert "front_desk: label-noise indicators" in html
+  assert "front_desk: label-noise indicators" in html and "validation (selection)" in html
   (workdir / "report.md").unlink()
   assert main(["report", str(workdir)]) == 0
   assert "## front_desk: paired differences" in (workdir / "report.md").read_text()

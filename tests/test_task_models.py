@@ -196,6 +196,8 @@ def test_compare_writes_predictions_per_model_and_the_report_recomputes_from_the
       rows = predictions.read(tmp_path / run["predictions"])
       assert len(rows) == 20 and set(rows[0]) == {"uid", "text", "gold", "predicted"}
       assert predictions.score_rows(rows, "ner") == run["scores"]
+      # the kept epoch's validation score, the one the model was selected on
+      assert abs(run["validation"] - run["validation_scores"]["entity_f1"]) <= 0.005 and 1 <= run["best_epoch"] <= 3
       for r in rows:
         assert all(r["text"][s:e] for s, e, _ in r["predicted"]["spans"])
     assert row["mean"]["entity_f1"] == pytest.approx(np.mean([r["scores"]["entity_f1"] for r in row["runs"]]))

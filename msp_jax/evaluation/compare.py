@@ -11,7 +11,8 @@ beside the scores computed from it, so every figure can be recomputed from the f
 
   {"task", "domain", "test_examples", "repeats", "model": {settings}, "ceiling": {...} (TOPv2 only),
    "sets": {name: {"examples", "mean": {score: value}, "std": {...},
-                   "runs": [{"seed", "predictions", "scores", "best_epoch", "epochs", "seconds"}]}}}
+                   "runs": [{"seed", "predictions", "scores", "best_epoch", "epochs", "seconds",
+                             "validation", "validation_scores" (with a validation set)}]}}}
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], validatio
       predictions.write(out_dir / relative, rows)
       runs.append({"seed": run_config.seed, "predictions": relative.as_posix(),
                    "scores": predictions.score_rows(rows, ontology.task), "best_epoch": model.best_epoch,
-                   "epochs": len(model.history), "seconds": round(model.seconds, 1)})
+                   "epochs": len(model.history), "seconds": round(model.seconds, 1),
+                   **selected_validation(model)})
     keys = list(runs[0]["scores"])
     report["sets"][name] = {
         "examples": len(examples),
@@ -90,6 +92,15 @@ def compare_training_sets(training_sets: dict[str, Sequence[Example]], validatio
         "std": {k: float(np.std([r["scores"][k] for r in runs])) for k in keys},
         "runs": runs}
   return report
+
+
+def selected_validation(model) -> dict:
+  """{'validation' (the selection score of the epoch kept), 'validation_scores' (the task's scores on
+  validation then)}, or {} for a model trained without a validation set: what settings are chosen on."""
+  best = model.history[model.best_epoch - 1]
+  if "validation" not in best:
+    return {}
+  return {"validation": float(best["validation"]), "validation_scores": best["validation_scores"]}
 
 
 def shared_buckets(training_sets: dict[str, Sequence[Example]], validation: Sequence[Example],

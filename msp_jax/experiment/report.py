@@ -55,13 +55,14 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
   for name, entry in results["domains"].items():
     names = entry["score_names"]
     header = ["method", "runs", *[SCORE_TITLES.get(n, n) + (" (main)" if n == entry["main_score"] else "")
-                                  for n in names]]
-    rows = [[row["title"], str(len(row["runs"])), *[_fmt(row["scores"].get(n)) for n in names]]
-            for row in entry["rows"].values()]
+                                  for n in names], "validation (selection)"]
+    rows = [[row["title"], str(len(row["runs"])), *[_fmt(row["scores"].get(n)) for n in names],
+             _fmt(row.get("validation"))] for row in entry["rows"].values()]
     sizes = entry["sizes"]
     note = (f"{entry['protocol']}. {sizes['seed']} seed, {sizes['validation']} validation, {sizes['test']} test "
             f"examples; synthetic sets of {entry['synthetic_target']}. Mean ± std over generation seeds x "
-            "downstream repeats, percent.")
+            "downstream repeats, percent. Validation (selection): the score each model was selected on, on the "
+            "validation split, where settings are to be compared (– where the runs predate its recording).")
     oracle = entry.get("oracle")
     if oracle:
       scores = ", ".join(f"{SCORE_TITLES.get(n, n)} {oracle['scores'][n]:.1f}" for n in names)

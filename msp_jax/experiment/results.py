@@ -75,6 +75,15 @@ def _rows_of(root: pathlib.Path, row: dict, task: str) -> list[list[dict]]:
   return [predictions.read(root / run["predictions"]) for run in row["runs"]]
 
 
+def validation_summary(runs: list[dict]) -> dict | None:
+  """Mean ± std of the runs' selection scores on validation (what settings are chosen on, never test); None
+  when a run lacks it (task models trained before it was recorded)."""
+  values = [run.get("validation") for run in runs]
+  if not values or any(v is None for v in values):
+    return None
+  return statistics.mean_std(values)
+
+
 def score_row(root: pathlib.Path, row: dict, task: str) -> dict[str, dict[str, float]]:
   """Each run's scores from its predictions file (written into `row['runs']`) and their mean ± std."""
   for run, rows in zip(row["runs"], _rows_of(root, row, task)):
@@ -148,7 +157,8 @@ def collect(runner, command: str = "") -> dict:
       for run in record.summary["report"]["sets"][cell.name]["runs"]:
         path = (cell_dir / "downstream" / run["predictions"]).relative_to(root)
         row["runs"].append({"generation_seed": cell.generation_seed, "seed": run["seed"],
-                            "predictions": path.as_posix(), "best_epoch": run["best_epoch"]})
+                            "predictions": path.as_posix(), "best_epoch": run["best_epoch"],
+                            "validation": run.get("validation")})
       if cell.generated:
         row["_metrics"].append(json.loads(runner.metrics_file(cell).read_text(encoding="utf-8")))
         correctness = cache.read_record(cell_dir, cells.CORRECTNESS)
@@ -159,6 +169,7 @@ def collect(runner, command: str = "") -> dict:
     for row in entry["rows"].values():
       metrics, correctness, noise = row.pop("_metrics"), row.pop("_correctness"), row.pop("_noise")
       row["scores"] = score_row(root, row, task)
+      row["validation"] = validation_summary(row["runs"])
       if metrics:
         row["generated"] = generated_summary(metrics, correctness, noise)
     entry["comparisons"] = compare_rows(root, entry["rows"], task, msp_row, matrix)
