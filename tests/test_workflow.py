@@ -394,6 +394,33 @@ def test_denoise_stage_exports_scores_and_registers_a_seqio_mixture(tmp_path, ca
   assert pathlib.Path(pointer["records"]) == (workdir / "synthetic" / "synthetic.jsonl").resolve()
 
 
+def test_drop_label_noise_leaves_noisy_candidates_out_counts_them_and_is_its_own_denoising(tmp_path):
+  import dataclasses
+  from msp_jax.run import workflow
+
+  workdir = tmp_path / "w"
+  run = tiny_run(workdir)
+  seeds = run.setup.seeds[:4]
+  clean = [generation.Candidate(_reworded(s, 0), s.uid, s.attributes, False, "raw") for s in seeds]
+  leaky = [generation.Candidate(dataclasses.replace(_reworded(s, 1), uid=f"leak/{s.uid}",
+                                                    text=_reworded(s, 1).text + " // intents: booking"),
+                                s.uid, s.attributes, False, "raw") for s in seeds[:3]]
+  out = workdir / "generated"
+  generation.write_candidates(out / "candidates.jsonl", clean + leaky)
+  (out / "plan.json").write_text(json.dumps({"keep_per_seed": {s.uid: 2 for s in seeds},
+                                             "prompt_checkpoint": "ckpt", "requests": 4, "novel_requests": 0}))
+  config = dataclasses.replace(run.config, drop_label_noise=True)
+  candidates, _, result = workflow.Run(config, show_progress=False, report=lambda m: None).denoise_result()
+  assert [c.example.uid for c in candidates] == [c.example.uid for c in clean]
+  assert not any("intents:" in c.example.text for c in result.kept) and result.kept
+  assert result.summary["dropped"]["label_noise"] == 3 and result.summary["candidates"] == 7
+  _, _, plain = run.denoise_result()  # the default keeps them in the running
+  assert "label_noise" not in plain.summary["dropped"] and plain.summary["candidates"] == 7
+  assert any("intents:" in c.example.text for c in plain.kept)
+  assert config.denoise_fingerprint() != run.config.denoise_fingerprint()
+  assert config.generate_fingerprint() == run.config.generate_fingerprint()
+
+
 @pytest.mark.parametrize("task,validation,scores", [
     ("crossner_music", "validation", ("entity F1",)),
     ("topv2_weather", "fewshot_validation", ("exact match", "intent acc.", "slot F1"))])

@@ -47,10 +47,11 @@ def prompt_training(mixture: MixtureConfig = _DEFAULTS.mixture, shapes: InputSha
 @gin.configurable(module="msp")
 def synthesis(settings: GenerationSettings = _DEFAULTS.generation, weights: DenoiseWeights = _DEFAULTS.denoise_weights,
               synthetic_task: str | None = _DEFAULTS.synthetic_task,
-              fill_to_target: bool = _DEFAULTS.fill_to_target) -> dict:
+              fill_to_target: bool = _DEFAULTS.fill_to_target,
+              drop_label_noise: bool = _DEFAULTS.drop_label_noise) -> dict:
   """What `msp generate` / `msp denoise` / `msp run` make from trained prompts, and the SeqIO name of the set."""
   return dict(generation=settings, denoise_weights=weights, synthetic_task=synthetic_task,
-              fill_to_target=fill_to_target)
+              fill_to_target=fill_to_target, drop_label_noise=drop_label_noise)
 
 
 @gin.configurable(module="msp")

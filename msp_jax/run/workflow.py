@@ -32,7 +32,7 @@ from typing import Any, Callable, Collection, Sequence, TypeVar
 import jax
 
 from msp_jax import distributed, files
-from msp_jax.config_fields import fingerprinted_fields
+from msp_jax.config_fields import fingerprinted_fields, new_setting
 from msp_jax.backbones.base import Backbone
 from msp_jax.data import catalog
 from msp_jax.data.registry import SyntheticSet
@@ -46,7 +46,7 @@ from msp_jax.run.setup import (Experiment, Setup, load_prompts, load_setup, prom
                                train_prompts)
 from msp_jax.run.summaries import (DenoiseSummary, DownstreamSummary, GenerateSummary, SyntheticFiles,
                                    TrainSummary)
-from msp_jax.synthesis import denoising, export, generation, planning, synthetic_metrics
+from msp_jax.synthesis import denoising, export, generation, label_noise, planning, synthetic_metrics
 from msp_jax.tuning import model_inputs
 from msp_jax.tuning.model_inputs import InputShapes
 from msp_jax.tuning.msp_model import MixtureConfig
@@ -76,6 +76,9 @@ class RunConfig:
   denoise_weights: denoising.DenoiseWeights = denoising.DenoiseWeights()
   synthetic_task: str | None = None  # SeqIO name of the synthetic set; default '<task>_synthetic'
   fill_to_target: bool = True  # top up to target_count beyond per-seed quotas (denoising.denoise)
+  # Drop candidates with a sign of label noise (`synthesis.label_noise.is_noisy`: template markup in the text, a
+  # span that is a pronoun or a label's name) before denoising; counted as dropped 'label_noise'.
+  drop_label_noise: bool = new_setting(False)
   downstream_model: str = FINE_TUNED  # one of checks.DOWNSTREAM_MODELS
   task_model: TaskModelConfig = TaskModelConfig()  # the fine-tuned model's settings
   classifier: downstream.ClassifierConfig = downstream.ClassifierConfig()  # the frozen-embedding classifier's
@@ -96,8 +99,10 @@ class RunConfig:
     return cache.fingerprint({"train": self.train_fingerprint(), "generation": self.generation})
 
   def denoise_fingerprint(self) -> str:
+    noise = {"drop_label_noise": True} if self.drop_label_noise else {}  # new_setting: absent at its default
     return cache.fingerprint({"generate": self.generate_fingerprint(), "weights": self.denoise_weights,
-                              "fill_to_target": self.fill_to_target, "synthetic_task": self.synthetic_task_name})
+                              "fill_to_target": self.fill_to_target, "synthetic_task": self.synthetic_task_name,
+                              **noise})
 
   def downstream_fingerprint(self) -> str:
     if self.downstream_model == FROZEN_EMBEDDINGS:
@@ -284,16 +289,27 @@ class Run:
     return self._stage("denoise", self.config.denoise_fingerprint(), DenoiseSummary, compute, force, COORDINATOR)
 
   def denoise_result(self) -> tuple[list[generation.Candidate], dict[str, Any], denoising.DenoiseResult]:
-    """(the generated candidates, the generation plan, the denoiser's result on them against the seed set)."""
+    """(the generated candidates the denoiser saw, the generation plan, its result on them against the seed
+    set). With `drop_label_noise` the noisy candidates are left out first and counted in the summary."""
     from msp_jax.encoders import SentenceEncoder  # pylint: disable=g-import-not-at-top  (loads the MiniLM wheel)
 
     generated_dir = self.config.workdir / GENERATED_DIR
     candidates = generation.read_candidates(generated_dir / "candidates.jsonl")
     plan = json.loads((generated_dir / "plan.json").read_text(encoding="utf-8"))
     setup, settings = self.setup, self.config.generation
+    noisy = 0
+    if self.config.drop_label_noise:
+      names = setup.domain.ontology.names
+      clean = [c for c in candidates if not label_noise.is_noisy(c.example, names)]
+      candidates, noisy = clean, len(candidates) - len(clean)
     result = denoising.denoise(candidates, setup.seeds, encoder=SentenceEncoder(), ontology=setup.domain.ontology,
                                keep_per_seed=plan["keep_per_seed"], target_count=settings.target_count,
                                weights=self.config.denoise_weights, fill_to_target=self.config.fill_to_target)
+    if self.config.drop_label_noise:
+      summary = dict(result.summary)
+      summary["candidates"] = int(summary["candidates"]) + noisy
+      summary["dropped"] = {**summary["dropped"], "label_noise": noisy}
+      result = dataclasses.replace(result, summary=summary)
     return candidates, plan, result
 
   def _denoise_candidates(self) -> tuple[denoising.DenoiseResult, list[export.SyntheticRecord]]:
