@@ -190,6 +190,7 @@ assert distributed.initialize()
 """ + toy_domain.IMPORT_TOY_DOMAIN + r"""
 import jax
 from msp_jax.run import workflow
+from msp_jax.run.config import RunConfig
 from msp_jax.run.setup import Experiment
 from msp_jax.synthesis import generation, planning
 from msp_jax.tuning.model_inputs import InputShapes
@@ -234,7 +235,7 @@ def compute(name):
     return Note(jax.process_index()), []
   return run
 
-run = workflow.Run(workflow.RunConfig(experiment=Experiment(workdir=workdir)), show_progress=False,
+run = workflow.Run(RunConfig(experiment=Experiment(workdir=workdir)), show_progress=False,
                    report=lambda line: None)
 notes = [run._stage("shared", "f1", Note, compute("shared"), False, workflow.SHARED),
          run._stage("shared", "f1", Note, compute("shared again"), False, workflow.SHARED),  # cached: nobody runs it

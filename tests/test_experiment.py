@@ -20,7 +20,8 @@ from msp_jax.commands import experiment as experiment_command
 from msp_jax.errors import ConfigError
 from msp_jax.experiment import cells, config as cfg, report, results, runner
 from msp_jax.experiment.domains import experiment_domain, nlupp_folds
-from msp_jax.run import cache, workflow
+from msp_jax.run import cache
+from msp_jax.run.config import RunConfig
 from msp_jax.run.setup import prompt_checkpoint_dir
 from msp_jax.synthesis import export, generation, label_noise
 
@@ -215,7 +216,7 @@ def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter
 def test_each_domain_has_its_oracle_reference_after_its_main_cells_and_before_the_ablation():
   matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only",), generation_seeds=(0,),
                             ablation_domain="a", ablation_mixers=("cnn",))
-  base = workflow.RunConfig()
+  base = RunConfig()
   plan = runner.ExperimentRunner(matrix, base, show_progress=False).plan()
   order = [(c.domain, c.name, stage) for c, stage in plan if stage in (cells.TASK_MODELS, cells.ORACLE)]
   assert order == [("a", "seed_only", cells.TASK_MODELS), ("a", "oracle", cells.ORACLE),

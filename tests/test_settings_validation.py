@@ -29,6 +29,7 @@ from msp_jax.commands.gin_utils import split_gin_flags
 from msp_jax.data import catalog
 from msp_jax.data.schema import Example
 from msp_jax.run import cache, workflow
+from msp_jax.run.config import RunConfig
 from msp_jax.run.summaries import GenerateSummary
 from msp_jax.synthesis import generation
 
@@ -107,7 +108,7 @@ def test_group_parameters_bind_without_a_gin_file(flag, read):
 
 
 def test_nothing_bound_is_the_library_default_run():
-  assert stage_command.run_config(_parsed_args(["run"])) == workflow.RunConfig()
+  assert stage_command.run_config(_parsed_args(["run"])) == RunConfig()
 
 
 def test_msp_train_without_a_gin_file_trains_the_bound_number_of_steps(tmp_path, capsys):

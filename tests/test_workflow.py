@@ -134,7 +134,7 @@ def test_stage_summary_missing_a_field_is_a_clear_error(tmp_path, capsys):
 
 
 def test_fingerprint_is_stable_and_sensitive():
-  from msp_jax.run.workflow import RunConfig
+  from msp_jax.run.config import RunConfig
   from msp_jax.tuning.training import TrainConfig
   a, b = RunConfig(), RunConfig()
   assert a.generate_fingerprint() == b.generate_fingerprint()

@@ -19,7 +19,7 @@ import gin
 from msp_jax.evaluation.downstream import ClassifierConfig
 from msp_jax.evaluation.task_models import TaskModelConfig
 from msp_jax.run.setup import Experiment
-from msp_jax.run.workflow import RunConfig
+from msp_jax.run.config import RunConfig
 from msp_jax.synthesis.denoising import DenoiseWeights
 from msp_jax.synthesis.generation import GenerationSettings, SamplingConfig
 from msp_jax.tuning.model_inputs import InputShapes

@@ -15,6 +15,7 @@ from msp_jax.commands.gin_utils import add_gin_arguments, one_line_errors, parse
 if TYPE_CHECKING:  # Annotations only: the run layer loads JAX, and every command module is imported by the CLI.
   from msp_jax.data.registry import SyntheticSet
   from msp_jax.run import workflow
+  from msp_jax.run.config import RunConfig
   from msp_jax.run.summaries import DenoiseSummary, DownstreamSummary
 
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser,
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_config(args: argparse.Namespace) -> workflow.RunConfig:
+def run_config(args: argparse.Namespace) -> RunConfig:
   """The run's configuration from the gin files/bindings of `args` (and `--workdir`). Every
   `msp.<Class>.<field>` binding reaches its class, with or without a gin file (`configurables.default_bindings`)."""
   from msp_jax.commands import configurables

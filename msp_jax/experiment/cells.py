@@ -36,6 +36,7 @@ from msp_jax.data.schema import DomainData
 from msp_jax.experiment import config as cfg
 from msp_jax.experiment.domains import ExperimentDomain
 from msp_jax.run import cache, workflow
+from msp_jax.run.config import RunConfig
 from msp_jax.tuning.msp_model import INSTRUCTION, NO_ATTRIBUTE_PROMPTS
 
 CONSISTENCY, NOISE_FILTER, CORRECTNESS, TASK_MODELS, ORACLE = (
@@ -45,7 +46,7 @@ UNTRAINED = "untrained"  # the in-context cell's prompt checkpoint: none, the in
 
 
 @dataclasses.dataclass(frozen=True)
-class CellConfig(workflow.RunConfig):
+class CellConfig(RunConfig):
   """A run config whose fingerprints also cover the experiment's split of the domain (which the catalog's task
   name does not say)."""
 
@@ -93,7 +94,7 @@ def target_count(matrix: cfg.MatrixConfig, domain: ExperimentDomain) -> int:
   return max(1, round(matrix.synthetic_ratio * len(domain.seeds)))
 
 
-def cell_config(base: workflow.RunConfig, cell: cfg.Cell, domain: ExperimentDomain, matrix: cfg.MatrixConfig,
+def cell_config(base: RunConfig, cell: cfg.Cell, domain: ExperimentDomain, matrix: cfg.MatrixConfig,
                 workdir: pathlib.Path, split: str, in_context_prefix: int | None = None) -> CellConfig:
   """The run config of a generated cell (an msp filter: that of the msp cell it filters)."""
   mixture = base.mixture
@@ -114,7 +115,7 @@ def cell_config(base: workflow.RunConfig, cell: cfg.Cell, domain: ExperimentDoma
     shapes = dataclasses.replace(shapes, max_text_len=text_len, max_target_len=target_len)
     sampling = dataclasses.replace(generation.sampling, max_new_tokens=target_len)
     generation = dataclasses.replace(generation, sampling=sampling)
-  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(workflow.RunConfig)}
+  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(RunConfig)}
   fields.update(experiment=experiment, mixture=mixture, shapes=shapes, generation=generation, split=split)
   return CellConfig(**fields)
 

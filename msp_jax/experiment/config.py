@@ -43,7 +43,7 @@ TITLES = {SEED_ONLY: "seed only", EDA: "seed + EDA", IN_CONTEXT: "seed + in-cont
 
 @dataclasses.dataclass(frozen=True)
 class MatrixConfig:
-  """The experiment matrix and the settings the run config (`workflow.RunConfig`) does not hold."""
+  """The experiment matrix and the settings the run config (`msp_jax.run.config.RunConfig`) does not hold."""
 
   workdir: str = "experiments/paper_cpu"
   domains: tuple[str, ...] = ("nlupp_hotels", "crossner_music", "topv2_weather")

@@ -28,6 +28,7 @@ from msp_jax.experiment import config as cfg
 from msp_jax.experiment.domains import ExperimentDomain, experiment_domain, split_fingerprint
 from msp_jax.progress import Progress
 from msp_jax.run import cache, workflow
+from msp_jax.run.config import RunConfig
 from msp_jax.synthesis import export, label_noise, synthetic_metrics
 
 LOG_FILE = "experiment.log"
@@ -37,7 +38,7 @@ PREDICTIONS_FILE = "predictions.jsonl.gz"  # a run's test predictions, gzipped: 
 class ExperimentRunner:
   """Runs the matrix `matrix` with every cell's run settings taken from `base`."""
 
-  def __init__(self, matrix: cfg.MatrixConfig, base: workflow.RunConfig, *, show_progress: bool = True,
+  def __init__(self, matrix: cfg.MatrixConfig, base: RunConfig, *, show_progress: bool = True,
                stage_hook: Callable[[cfg.Cell, str], None] | None = None):
     self.matrix, self.base = matrix, base
     self.root = pathlib.Path(matrix.workdir)

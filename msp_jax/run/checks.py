@@ -21,8 +21,8 @@ from msp_jax.backbones.base import WEIGHT_DTYPES
 from msp_jax.data import catalog
 from msp_jax.errors import ConfigError
 
-if TYPE_CHECKING:  # workflow imports this module
-  from msp_jax.run.workflow import RunConfig
+if TYPE_CHECKING:  # config imports this module
+  from msp_jax.run.config import RunConfig
 
 # The downstream task models a run can train: end-to-end fine-tuned MiniLM for every task kind
 # (`evaluation.task_models`), or the fast classifier on frozen sentence embeddings, multi-intent domains only

@@ -32,25 +32,21 @@ from typing import Any, Callable, Collection, Sequence, TypeVar
 import jax
 
 from msp_jax import distributed, files
-from msp_jax.config_fields import fingerprinted_fields, new_setting
 from msp_jax.backbones.base import Backbone
 from msp_jax.data import catalog
 from msp_jax.data.registry import SyntheticSet
 from msp_jax.data.schema import DomainData, Example
 from msp_jax.errors import ConfigError, DataError
 from msp_jax.evaluation import baselines, compare, downstream
-from msp_jax.evaluation.task_models import TaskModelConfig
 from msp_jax.run import cache, checks
 from msp_jax.run.checks import FINE_TUNED, FROZEN_EMBEDDINGS
-from msp_jax.run.setup import (Experiment, Setup, load_prompts, load_setup, prompt_checkpoint_dir, seed_examples,
+from msp_jax.run.config import RunConfig
+from msp_jax.run.setup import (Setup, load_prompts, load_setup, prompt_checkpoint_dir, seed_examples,
                                train_prompts)
 from msp_jax.run.summaries import (DenoiseSummary, DownstreamSummary, GenerateSummary, SyntheticFiles,
                                    TrainSummary)
 from msp_jax.synthesis import denoising, export, generation, label_noise, planning, synthetic_metrics
 from msp_jax.tuning import model_inputs
-from msp_jax.tuning.model_inputs import InputShapes
-from msp_jax.tuning.msp_model import MixtureConfig
-from msp_jax.tuning.training import TrainConfig
 
 SYNTHETIC_DIR = "synthetic"
 GENERATED_DIR = "generated"
@@ -62,59 +58,6 @@ EACH, SHARED, COORDINATOR = "each", "shared", "coordinator"
 # Makes an exported synthetic set visible by name (SeqIO tasks, registry pointer); returns the names.
 Publish = Callable[[SyntheticSet], Sequence[str]]
 Summary = TypeVar("Summary", TrainSummary, GenerateSummary, DenoiseSummary, DownstreamSummary)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """Everything `msp run` needs (one gin file binds it)."""
-
-  experiment: Experiment = Experiment()
-  mixture: MixtureConfig = MixtureConfig()
-  shapes: InputShapes = InputShapes()
-  training: TrainConfig = TrainConfig()
-  generation: generation.GenerationSettings = generation.GenerationSettings()
-  denoise_weights: denoising.DenoiseWeights = denoising.DenoiseWeights()
-  synthetic_task: str | None = None  # SeqIO name of the synthetic set; default '<task>_synthetic'
-  fill_to_target: bool = True  # top up to target_count beyond per-seed quotas (denoising.denoise)
-  # Drop candidates with a sign of label noise (`synthesis.label_noise.is_noisy`: template markup in the text, a
-  # span that is a pronoun or a label's name) before denoising; counted as dropped 'label_noise'.
-  drop_label_noise: bool = new_setting(False)
-  downstream_model: str = FINE_TUNED  # one of checks.DOWNSTREAM_MODELS
-  task_model: TaskModelConfig = TaskModelConfig()  # the fine-tuned model's settings
-  classifier: downstream.ClassifierConfig = downstream.ClassifierConfig()  # the frozen-embedding classifier's
-  downstream_repeats: int = 3  # task-model seeds per training set
-  max_test_examples: int | None = None  # score on the test split's first N examples (quick runs); None: all
-  validation_split: str = "validation"  # the split the fine-tuned model is selected on (its test examples dropped)
-
-  @property
-  def workdir(self) -> pathlib.Path:
-    return pathlib.Path(self.experiment.workdir)
-
-  def train_fingerprint(self) -> str:
-    experiment = {k: v for k, v in fingerprinted_fields(self.experiment).items() if k != "workdir"}
-    return cache.fingerprint({"experiment": experiment, "mixture": self.mixture, "shapes": self.shapes,
-                              "training": self.training})
-
-  def generate_fingerprint(self) -> str:
-    return cache.fingerprint({"train": self.train_fingerprint(), "generation": self.generation})
-
-  def denoise_fingerprint(self) -> str:
-    noise = {"drop_label_noise": True} if self.drop_label_noise else {}  # new_setting: absent at its default
-    return cache.fingerprint({"generate": self.generate_fingerprint(), "weights": self.denoise_weights,
-                              "fill_to_target": self.fill_to_target, "synthetic_task": self.synthetic_task_name,
-                              **noise})
-
-  def downstream_fingerprint(self) -> str:
-    if self.downstream_model == FROZEN_EMBEDDINGS:
-      model = {"classifier": self.classifier}
-    else:
-      model = {"model": self.downstream_model, "task_model": self.task_model, "validation": self.validation_split}
-    return cache.fingerprint({"denoise": self.denoise_fingerprint(), **model, "repeats": self.downstream_repeats,
-                              "max_test_examples": self.max_test_examples})
-
-  @property
-  def synthetic_task_name(self) -> str:
-    return self.synthetic_task or f"{self.experiment.task}_synthetic"
 
 
 class Run:
