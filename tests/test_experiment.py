@@ -132,7 +132,8 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
 def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path, monkeypatch):
   calls = []
   experiment = tiny_runner(tmp_path / "exp",
-                           "msp.experiment_matrix.methods = ['in_context', 'msp_consistency', 'msp_noise_filter']",
+                           "msp.experiment_matrix.methods = ['in_context', 'msp_consistency', 'msp_noise_filter', "
+                           "'msp_span_completion']",
                            hook=lambda cell, stage: calls.append((cell.name, stage)))
   odd = lambda text: int(text.rsplit(" ", 1)[1]) % 2 == 1  # noqa: E731  (chatty_outputs' numbered requests)
   monkeypatch.setattr(label_noise, "is_noisy", lambda example, names: odd(example.text))
@@ -143,7 +144,10 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path, monkey
                    ("msp-attention", cells.TASK_MODELS), ("msp_consistency-attention", cells.CONSISTENCY),
                    ("msp_consistency-attention", cells.CORRECTNESS), ("msp_consistency-attention", cells.TASK_MODELS),
                    ("msp_noise_filter-attention", cells.NOISE_FILTER), ("msp_noise_filter-attention", cells.CORRECTNESS),
-                   ("msp_noise_filter-attention", cells.TASK_MODELS), ("oracle", cells.ORACLE)]
+                   ("msp_noise_filter-attention", cells.TASK_MODELS),
+                   ("msp_span_completion-attention", cells.SPAN_COMPLETION),
+                   ("msp_span_completion-attention", cells.CORRECTNESS),
+                   ("msp_span_completion-attention", cells.TASK_MODELS), ("oracle", cells.ORACLE)]
   in_context = experiment.run_of(cfg.Cell("front_desk", cfg.IN_CONTEXT, None, 0))
   assert in_context.config.mixture.mixer == "none" and not prompt_checkpoint_dir(in_context.config.workdir).is_dir()
   summary = cache.read_record(experiment.cell_dir(cfg.Cell("front_desk", cfg.MSP_CONSISTENCY, "attention", 0)),
@@ -162,11 +166,20 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path, monkey
   assert not kept & noisy and counts["kept"] == len(kept) == target - counts["short_of_target"]
   assert counts["noisy_in_kept_set"] == len(msp_kept & noisy) > 0 and msp_kept - noisy <= kept
   assert counts["filled"] == len(kept - msp_kept)
+  # Span completion keeps the msp cell's kept set, texts and labels, and may only add spans.
+  completed = {r.example.uid: r.example for r in export.read_jsonl(experiment.synthetic_file(
+      cfg.Cell("front_desk", cfg.MSP_SPAN_COMPLETION, "attention", 0)))}
+  msp_records = export.read_jsonl(experiment.synthetic_file(cfg.Cell("front_desk", cfg.MSP, "attention", 0)))
+  assert set(completed) == {r.example.uid for r in msp_records}
+  for r in msp_records:
+    e = completed[r.example.uid]
+    assert e.text == r.example.text and e.intents == r.example.intents and set(r.example.spans) <= set(e.spans)
   collected = results.collect(experiment)
   baselines = {(c["method"], c["baseline"]) for c in collected["domains"]["front_desk"]["comparisons"]}
   assert baselines == {("msp-attention", "in_context"), ("msp_consistency-attention", "in_context"),
                        ("msp_consistency-attention", "msp-attention"), ("msp_noise_filter-attention", "in_context"),
-                       ("msp_noise_filter-attention", "msp-attention")}
+                       ("msp_noise_filter-attention", "msp-attention"), ("msp_span_completion-attention", "in_context"),
+                       ("msp_span_completion-attention", "msp-attention")}
   dropped = collected["domains"]["front_desk"]["rows"]["msp_noise_filter-attention"]["generated"]["dropped"]
   assert dropped.get("noisy_in_kept_set", 0) + dropped.get("noisy_in_fill", 0) == sum(
       counts[k] for k in ("noisy_in_kept_set", "noisy_in_fill"))

@@ -120,3 +120,32 @@ def test_consistent_fill_drops_contradicted_and_fills_from_the_next_best():
   assert counts == {"contradicted_in_kept_set": 1, "contradicted_in_fill": 1, "filled": 1, "short_of_target": 0}
   kept, counts = label_checks.consistent_fill(ranked, [False] * 6, target=3, kept_set_size=3)
   assert kept == [] and counts["short_of_target"] == 3
+
+
+def test_complete_spans_adds_the_model_spans_that_overlap_none_of_the_example_s_own():
+  text = "Abba and Queen played in Stockholm"
+  ner = Example("n", "d", text, spans=(Span(0, 4, "band", "Abba"),))
+  predicted = predictions.labels([], [Span(0, 4, "person", "Abba"), Span(2, 12, "band", "ba and Que"),
+                                      Span(9, 14, "band", "Queen"), Span(25, 34, "location", "Stockholm")], None)
+  completed = label_checks.complete_spans(ner, predicted, "ner")
+  assert [(s.start, s.end, s.label, s.text) for s in completed.spans] == [
+      (0, 4, "band", "Abba"), (9, 14, "band", "Queen"), (25, 34, "location", "Stockholm")]
+  assert completed.text == text and completed.uid == "n"
+  assert label_checks.complete_spans(ner, predictions.labels([], [], None), "ner") is ner  # nothing to add
+  intents = Example("i", "d", "book for two tonight", intents=("book",), spans=(Span(9, 12, "people", "two"),))
+  completed = label_checks.complete_spans(
+      intents, predictions.labels(["other"], [Span(13, 20, "time", "tonight")], None), "multi_intent")
+  assert completed.intents == ("book",) and [s.label for s in completed.spans] == ["people", "time"]
+
+  parse = Example("p", "d", "rain in Paris today", intents=("IN:GET_WEATHER",),
+                  spans=(Span(8, 13, "SL:LOCATION", "Paris"),),
+                  parse="[IN:GET_WEATHER rain in [SL:LOCATION Paris ] today ]")
+  completed = label_checks.complete_spans(
+      parse, predictions.labels(["IN:OTHER"], [Span(14, 19, "SL:DATE_TIME", "today")], None), "semantic_parse")
+  assert completed.parse == "[IN:GET_WEATHER rain in [SL:LOCATION Paris ] [SL:DATE_TIME today ] ]"
+  assert [(s.text, s.label) for s in completed.spans] == [("Paris", "SL:LOCATION"), ("today", "SL:DATE_TIME")]
+  nested = Example("q", "d", "rain near me", intents=("IN:GET_WEATHER", "IN:GET_LOCATION"),
+                   spans=(Span(5, 12, "SL:LOCATION", "near me"),),
+                   parse="[IN:GET_WEATHER rain [SL:LOCATION [IN:GET_LOCATION near me ] ] ]")
+  assert label_checks.complete_spans(
+      nested, predictions.labels([], [Span(0, 4, "SL:WEATHER", "rain")], None), "semantic_parse") is nested

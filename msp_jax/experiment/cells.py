@@ -3,8 +3,8 @@
 A generated cell (in_context, prompt_tuning, msp-<mixer>) is a `workflow.Run` workdir: its generate and
 denoise stages are `Run`'s own, cached by their fingerprints. Prompts are trained once per method (and mixer),
 in the workdir of the first generation seed (`train_cell`); the other seeds sample from them. The msp filters
-(msp_consistency, msp_noise_filter) read the msp cell of the same mixer and generation seed and add their filter
-stage (`FILTER_STAGES`: `consistency`, `noise_filter`) in their own folder. Every cell then has the
+(msp_consistency, msp_noise_filter, msp_span_completion) read the msp cell of the same mixer and generation seed
+and add their own stage (`FILTER_STAGES`: `consistency`, `noise_filter`, `span_completion`) in their folder. Every cell then has the
 experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
 
   correctness   generated cells: the oracle model's predictions on the kept set (`label_checks.correctness`)
@@ -39,9 +39,10 @@ from msp_jax.run import cache, workflow
 from msp_jax.run.config import RunConfig
 from msp_jax.tuning.msp_model import INSTRUCTION, NO_ATTRIBUTE_PROMPTS
 
-CONSISTENCY, NOISE_FILTER, CORRECTNESS, TASK_MODELS, ORACLE = (
-    "consistency", "noise_filter", "correctness", "task_models", "oracle")
-FILTER_STAGES = {cfg.MSP_CONSISTENCY: CONSISTENCY, cfg.MSP_NOISE_FILTER: NOISE_FILTER}  # an msp filter's stage
+CONSISTENCY, NOISE_FILTER, SPAN_COMPLETION, CORRECTNESS, TASK_MODELS, ORACLE = (
+    "consistency", "noise_filter", "span_completion", "correctness", "task_models", "oracle")
+FILTER_STAGES = {cfg.MSP_CONSISTENCY: CONSISTENCY, cfg.MSP_NOISE_FILTER: NOISE_FILTER,  # an msp filter's stage
+                 cfg.MSP_SPAN_COMPLETION: SPAN_COMPLETION}
 UNTRAINED = "untrained"  # the in-context cell's prompt checkpoint: none, the instruction's own embeddings
 
 
@@ -161,7 +162,7 @@ def oracle_cell(domain: str) -> cfg.Cell:
 def stage_seconds(workdir: pathlib.Path) -> dict[str, float | None]:
   """Wall time of every finished stage in a workdir (from its stage records)."""
   out = {}
-  for stage in (*workflow.STAGES, CONSISTENCY, NOISE_FILTER, CORRECTNESS, TASK_MODELS, ORACLE):
+  for stage in (*workflow.STAGES, *FILTER_STAGES.values(), CORRECTNESS, TASK_MODELS, ORACLE):
     record = cache.read_record(workdir, stage)
     if record is not None:
       out[stage] = record.seconds

@@ -16,6 +16,9 @@ Methods (each downstream model is trained on seed + its synthetic set of the sam
   msp_noise_filter msp's candidates after the denoiser, less those with a sign of label noise readable without
                    a model (`synthesis.label_noise.is_noisy`: template markup in the text, a span that is a
                    pronoun or a label's name), filled to the target from the next-best candidates
+  msp_span_completion  msp's kept set with the spans the seeds-only task model finds where the generator wrote
+                   none added (`label_checks.complete_spans`): every generated label stays, unlabelled entities
+                   and slots get one
 
 The three generators share the backbone, the sampling settings and the denoiser. The mixer ablation adds an
 msp cell per mixer in `ablation_mixers` on `ablation_domain` (the msp cell of the same mixer is shared).
@@ -30,15 +33,17 @@ from typing import Mapping
 from msp_jax.errors import ConfigError
 from msp_jax.tuning.mixers import MIXERS
 
-SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER = (
-    "seed_only", "eda", "in_context", "prompt_tuning", "msp", "msp_consistency", "msp_noise_filter")
-METHODS = (SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER)
-MSP_FILTERS = (MSP_CONSISTENCY, MSP_NOISE_FILTER)               # filter the msp cell of their mixer and seed
+SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION = (
+    "seed_only", "eda", "in_context", "prompt_tuning", "msp", "msp_consistency", "msp_noise_filter",
+    "msp_span_completion")
+METHODS = (SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION)
+# Post-process the msp cell of their mixer and generation seed (a filter, or span completion).
+MSP_FILTERS = (MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION)
 GENERATED = (IN_CONTEXT, PROMPT_TUNING, MSP, *MSP_FILTERS)      # one cell per generation seed
 TRAINED_PROMPTS = (PROMPT_TUNING, MSP, *MSP_FILTERS)            # need a trained prompt checkpoint
 TITLES = {SEED_ONLY: "seed only", EDA: "seed + EDA", IN_CONTEXT: "seed + in-context", PROMPT_TUNING:
           "seed + prompt tuning", MSP: "seed + MSP", MSP_CONSISTENCY: "seed + MSP + consistency",
-          MSP_NOISE_FILTER: "seed + MSP + noise filter"}
+          MSP_NOISE_FILTER: "seed + MSP + noise filter", MSP_SPAN_COMPLETION: "seed + MSP + span completion"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,15 +10,20 @@ A model *reproduces* an example's labels when it predicts, for the labels a flat
                   inner structure is beyond the flat model (`evaluation.topv2_parse`), so it is not compared
 
 `predicted` objects are `evaluation.predictions.labels` dicts, as `task_models.predict` returns them.
+
+`complete_spans` asks the model the other way round: which entities or slots it finds where the generator wrote
+none (the span completion of `msp_span_completion`).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Sequence, TypeVar
 
-from msp_jax.data.schema import Example, TaskKind
-from msp_jax.evaluation import predictions
+from msp_jax.data import topv2
+from msp_jax.data.schema import Example, Span, TaskKind
+from msp_jax.evaluation import predictions, topv2_parse
 
 T = TypeVar("T")
 
@@ -42,6 +47,25 @@ def labels_reproduced(gold: dict, predicted: dict, task: TaskKind) -> bool:
 def reproduces(example: Example, predicted: dict, task: TaskKind) -> bool:
   """Whether `predicted` (a `predictions.labels` dict) carries `example`'s labels (module docstring)."""
   return labels_reproduced(predictions.labels(example.intents, example.spans, example.parse), predicted, task)
+
+
+def complete_spans(example: Example, predicted: dict, task: TaskKind) -> Example:
+  """`example` with the spans of `predicted` (a `predictions.labels` dict) that overlap none of its own added:
+  the entities or slots a generator left unlabelled, filled in by a task model, while every label the example
+  was generated with stays. A TOPv2 example is rebuilt from the flat parse of its root intent and the merged
+  slots (a nested parse is returned unchanged: a flat model cannot add to it)."""
+  own = [(s.start, s.end) for s in example.spans]
+  added = [Span(int(a), int(b), str(label), example.text[int(a):int(b)]) for a, b, label in predicted["spans"]
+           if not any(int(a) < end and start < int(b) for start, end in own)]
+  if not added:
+    return example
+  spans = tuple(sorted((*example.spans, *added), key=lambda s: (s.start, -s.end)))
+  if task != "semantic_parse":
+    return dataclasses.replace(example, spans=spans)
+  if example.parse is None or not example.intents or not topv2_parse.is_flat(example.parse):
+    return example
+  parse = topv2_parse.example_parse(example, example.intents[0], spans)
+  return topv2.example_from_parse(parse, uid=example.uid, domain=example.domain, text=example.text)
 
 
 def correctness(examples: Sequence[Example], predicted: Sequence[dict], task: TaskKind) -> dict:

@@ -187,8 +187,8 @@ class ExperimentRunner:
     if stage == "denoise":
       return self.run_of(cell).denoise()
     compute = {cells.CONSISTENCY: self._consistency, cells.NOISE_FILTER: self._noise_filter,
-               cells.CORRECTNESS: self._correctness, cells.TASK_MODELS: self._task_models,
-               cells.ORACLE: self._oracle_reference}[stage]
+               cells.SPAN_COMPLETION: self._span_completion, cells.CORRECTNESS: self._correctness,
+               cells.TASK_MODELS: self._task_models, cells.ORACLE: self._oracle_reference}[stage]
     return cache.run_stage(self.cell_dir(cell), stage, self.fingerprint(cell, stage), lambda: compute(cell),
                            report=lambda line: self.log(f"{cell.relative_dir} {line}"))
 
@@ -203,6 +203,9 @@ class ExperimentRunner:
       return cache.fingerprint({"denoise": self.fingerprint(cell, "denoise"), "seed_model": self._model_settings()})
     if stage == cells.NOISE_FILTER:
       return cache.fingerprint({"denoise": self.fingerprint(cell, "denoise"), "filter": label_noise.FILTER_VERSION})
+    if stage == cells.SPAN_COMPLETION:
+      return cache.fingerprint({"denoise": self.fingerprint(cell, "denoise"), "seed_model": self._model_settings(),
+                                "completion": "non-overlapping seed-model spans"})
     if stage == cells.CORRECTNESS:
       return cache.fingerprint({"synthetic": self.synthetic_fingerprint(cell), "oracle": self._model_settings(),
                                 "max_oracle_examples": self.matrix.max_oracle_examples})
@@ -322,8 +325,6 @@ class ExperimentRunner:
     the metrics of a kept set and the filter's counts under `metrics[key]` ('<dropped>_in_kept_set',
     '<dropped>_in_fill', 'filled', 'short_of_target', 'kept', and `agreement`: percent of ranked kept)."""
     source = self.run_of(cell)
-    source_dir = self.cell_dir(cells.source_cell(cell))
-    domain = self.domain(cell.domain)
     candidates, plan, result = source.denoise_result()  # the msp cell's denoising, as its denoise stage ran it
     target = source.config.generation.target_count
     kept_ids = {id(c) for c in result.kept}
@@ -336,17 +337,42 @@ class ExperimentRunner:
     provenance = {"backbone": source.config.experiment.backbone, "prompt_checkpoint": plan["prompt_checkpoint"],
                   "seed": source.config.generation.seed, "filter": description}
     records = [export.SyntheticRecord(c.example, s, c.seed_uid, c.novel, provenance) for c, s in chosen]
+    counts = {**counts, "kept": len(records), agreement: 100.0 * sum(agrees) / len(agrees) if agrees else 0.0}
+    return self._export_derived(cell, records, [c.requested for c, _ in chosen], result.summary, {key: counts})
+
+  def _span_completion(self, cell: cfg.Cell):
+    """msp_span_completion: the msp cell's kept set, each example with the spans the seed model finds where
+    the generator wrote none (`label_checks.complete_spans`); counts under metrics['span_completion']."""
+    domain = self.domain(cell.domain)
+    task = domain.data.ontology.task
+    kept = export.read_jsonl(self.synthetic_file(cells.source_cell(cell)))
+    predicted = task_models.predict(self.model(cell.domain, "seed"), [r.example for r in kept], self.encoder)
+    completed = [label_checks.complete_spans(r.example, p, task) for r, p in zip(kept, predicted)]
+    records = [dataclasses.replace(r, example=e, provenance={**r.provenance, "filter": "span completion by the "
+                                                             "seed model"}) for r, e in zip(kept, completed)]
+    added = sum(len(e.spans) - len(r.example.spans) for r, e in zip(kept, completed))
+    counts = {"kept": len(records), "spans_added": added,
+              "examples_completed": sum(e is not r.example for r, e in zip(kept, completed))}
+    source_metrics = json.loads(self.metrics_file(cells.source_cell(cell)).read_text(encoding="utf-8"))
+    return self._export_derived(cell, records, [r.example.attributes for r in kept], source_metrics["denoise"],
+                                {"span_completion": counts})
+
+  def _export_derived(self, cell: cfg.Cell, records: list, kept_requested: list, denoise_summary: dict,
+                      extra_metrics: dict):
+    """Writes a derived cell's kept set (`workflow.export_synthetic`) and its metrics.json: a kept set's metrics
+    (`synthetic_metrics`), the msp cell's denoising and generation drops, and `extra_metrics`."""
+    source = self.run_of(cell)
+    domain = self.domain(cell.domain)
     out = self.cell_dir(cell) / workflow.SYNTHETIC_DIR
     exported = workflow.export_synthetic(out, records, domain.seeds)
-    generated = cache.read_record(source_dir, "generate").summary
+    generated = cache.read_record(self.cell_dir(cells.source_cell(cell)), "generate").summary
     setup = source.setup
     metrics = synthetic_metrics.synthetic_set_metrics(
-        outcomes=generated["outcomes"], kept=[r.example for r in records],
-        kept_requested=[c.requested for c, _ in chosen], seeds=domain.seeds, ontology=domain.data.ontology,
-        backbone=setup.model.backbone, params=setup.frozen_params, seed=source.config.generation.seed)
-    metrics["denoise"] = result.summary
-    metrics[key] = {**counts, "kept": len(records),
-                    agreement: 100.0 * sum(agrees) / len(agrees) if agrees else 0.0}
+        outcomes=generated["outcomes"], kept=[r.example for r in records], kept_requested=kept_requested,
+        seeds=domain.seeds, ontology=domain.data.ontology, backbone=setup.model.backbone,
+        params=setup.frozen_params, seed=source.config.generation.seed)
+    metrics["denoise"] = denoise_summary
+    metrics.update(extra_metrics)
     metrics["generation_dropped"] = generated["dropped"]
     files.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     summary = {"kept": len(records), "metrics": metrics, "files": dataclasses.asdict(exported),
