@@ -111,6 +111,7 @@ def plots(results: dict) -> dict[str, bytes]:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
 
   def png(fig) -> bytes:
     buffer = io.BytesIO()
@@ -134,14 +135,21 @@ def plots(results: dict) -> dict[str, bytes]:
     ax.set_ylabel(SCORE_TITLES.get(entry["main_score"], entry["main_score"]) + " (%)")
   out["scores.png"] = png(fig)
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
   markers = "osD^v<>p*"
+  # One colour per method and one marker per domain, named in a legend (labels beside the points overlap).
+  methods = list(dict.fromkeys(row["title"].replace("seed + ", "") for _, e in domains
+                               for row in e["rows"].values() if "generated" in row))
+  colour = {method: f"C{k % 10}" for k, method in enumerate(methods)}
   for i, (name, entry) in enumerate(domains):
     for title, g in ((row["title"], row["generated"]) for row in entry["rows"].values() if "generated" in row):
       if g["correctness"] is not None:
-        axes[0].scatter(g["distinct"]["distinct_2"], g["correctness"], marker=markers[i % len(markers)], s=50)
-        axes[0].annotate(f"{name}: {title.replace('seed + ', '')}", (g["distinct"]["distinct_2"], g["correctness"]),
-                         fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axes[0].scatter(g["distinct"]["distinct_2"], g["correctness"], marker=markers[i % len(markers)], s=50,
+                        color=colour[title.replace("seed + ", "")])
+  handles = [Line2D([], [], marker="o", linestyle="", color=colour[m], label=m) for m in methods]
+  handles += [Line2D([], [], marker=markers[i % len(markers)], linestyle="", color="grey", label=name)
+              for i, (name, _) in enumerate(domains)]
+  axes[0].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   axes[0].set_xlabel("Distinct@2 (equal-size sample)")
   axes[0].set_ylabel("correctness (%)")
   axes[0].set_title("diversity vs correctness")
