@@ -118,6 +118,8 @@ def test_consistent_fill_drops_contradicted_and_fills_from_the_next_best():
   kept, counts = label_checks.consistent_fill(ranked, agrees, target=3, kept_set_size=3)
   assert kept == ["k0", "k2", "n1"]
   assert counts == {"contradicted_in_kept_set": 1, "contradicted_in_fill": 1, "filled": 1, "short_of_target": 0}
+  _, named = label_checks.consistent_fill(ranked, agrees, target=3, kept_set_size=3, dropped="noisy")
+  assert named == {"noisy_in_kept_set": 1, "noisy_in_fill": 1, "filled": 1, "short_of_target": 0}
   kept, counts = label_checks.consistent_fill(ranked, [False] * 6, target=3, kept_set_size=3)
   assert kept == [] and counts["short_of_target"] == 3
 

@@ -4,8 +4,8 @@ A generated cell (in_context, prompt_tuning, msp-<mixer>) is a `workflow.Run` wo
 denoise stages are `Run`'s own, cached by their fingerprints. Prompts are trained once per method (and mixer),
 in the workdir of the first generation seed (`train_cell`); the other seeds sample from them. The msp filters
 (msp_consistency, msp_noise_filter, msp_span_completion) read the msp cell of the same mixer and generation seed
-and add their own stage (`FILTER_STAGES`: `consistency`, `noise_filter`, `span_completion`) in their folder. Every cell then has the
-experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
+and add their own stage (`FILTER_STAGES`: `consistency`, `noise_filter`, `span_completion`) in their folder.
+Every cell then has the experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
 
   correctness   generated cells: the oracle model's predictions on the kept set (`label_checks.correctness`)
   task_models   the fine-tuned task model on seed (+ the cell's synthetic set), `repeats` seeds, scored on the

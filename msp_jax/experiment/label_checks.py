@@ -78,22 +78,24 @@ def correctness(examples: Sequence[Example], predicted: Sequence[dict], task: Ta
           "correctness": 100.0 * hits / len(examples) if examples else None}
 
 
-def consistent_fill(ranked: Sequence[T], agrees: Sequence[bool], target: int, kept_set_size: int
-                    ) -> tuple[list[T], dict[str, int]]:
+def consistent_fill(ranked: Sequence[T], agrees: Sequence[bool], target: int, kept_set_size: int,
+                    dropped: str = "contradicted") -> tuple[list[T], dict[str, int]]:
   """The first `target` items of `ranked` (the denoiser's kept set, its first `kept_set_size` items, then the
-  other candidates best first) whose labels the seed model does not contradict (`agrees[i]`).
+  other candidates best first) that a filter accepts (`agrees[i]`: the seed model does not contradict them, or
+  they show no label noise).
 
-  Returns (kept, {'contradicted_in_kept_set', 'contradicted_in_fill', 'filled', 'short_of_target'}).
+  Returns (kept, {'<dropped>_in_kept_set', '<dropped>_in_fill', 'filled', 'short_of_target'}).
   """
   if len(ranked) != len(agrees):
     raise ValueError(f"{len(ranked)} candidates but {len(agrees)} agreement flags")
-  kept, counts = [], {"contradicted_in_kept_set": 0, "contradicted_in_fill": 0, "filled": 0}
+  in_kept_set_key, in_fill_key = f"{dropped}_in_kept_set", f"{dropped}_in_fill"
+  kept, counts = [], {in_kept_set_key: 0, in_fill_key: 0, "filled": 0}
   for i, (item, ok) in enumerate(zip(ranked, agrees)):
     if len(kept) == target:
       break
     in_kept_set = i < kept_set_size
     if not ok:
-      counts["contradicted_in_kept_set" if in_kept_set else "contradicted_in_fill"] += 1
+      counts[in_kept_set_key if in_kept_set else in_fill_key] += 1
       continue
     kept.append(item)
     counts["filled"] += 0 if in_kept_set else 1

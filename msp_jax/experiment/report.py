@@ -35,11 +35,10 @@ def _oracle_reference(oracle: dict | None) -> str:
 
 def _noise_table(name: str, entry: dict, generated: list[tuple[str, dict]]) -> tuple:
   """The label-noise indicators (`synthesis.label_noise`) of each generated row beside the seed set's."""
-  keys = ("template_leak", "degenerate_span", "unlabelled_capitalised")
-  seed = entry.get("seed_label_noise") or {}
-  rows = [["seed set", *[_num(seed.get(k), 2 if k == keys[2] else 1) for k in keys]]]
-  rows += [[title, *[_num(g.get("label_noise", {}).get(k), 2 if k == keys[2] else 1) for k in keys]]
-           for title, g in generated]
+  digits = {"template_leak": 1, "degenerate_span": 1, "unlabelled_capitalised": 2}  # percent, percent, count
+  sets = [("seed set", entry.get("seed_label_noise") or {})]
+  sets += [(title, g.get("label_noise", {})) for title, g in generated]
+  rows = [[title, *[_num(noise.get(k), d) for k, d in digits.items()]] for title, noise in sets]
   note = ("Counted on the kept sets without a model (`msp_jax/synthesis/label_noise.py`), means over generation "
           "seeds. Template leak: % of texts carrying the prompt's markup (an intents section, an exemplar "
           "number, a line break, an HTML character reference). Degenerate span: % of examples with a span that "
@@ -80,8 +79,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
       note = (f"Distinct@k on equal-size samples ({_num(seed['sample_size'], 0)} texts; the seed set's own: "
               f"{' / '.join(_num(seed['seed_distinct'][f'distinct_{k}']) for k in (1, 2, 3))}); correctness: share "
               f"of kept examples whose labels the oracle model ({sizes['oracle_train']} non-test examples) "
-              f"reproduces{_oracle_reference(entry.get('oracle'))}; perplexity under the backbone (seed set: {_num(seed['seed_perplexity'], 1)}). Funnel "
-              "counts are summed over generation seeds.")
+              f"reproduces{_oracle_reference(entry.get('oracle'))}; perplexity under the backbone (seed set: "
+              f"{_num(seed['seed_perplexity'], 1)}). Funnel counts are summed over generation seeds.")
       out.append((f"{name}: generated data", header, rows, note))
       out.append(_noise_table(name, entry, generated))
     if entry["comparisons"]:

@@ -332,8 +332,7 @@ class ExperimentRunner:
     ranked = [candidates[i] for i in order]
     agrees = keep(ranked)
     chosen, counts = label_checks.consistent_fill(list(zip(ranked, (float(result.scores[i]) for i in order))),
-                                                  agrees, target, len(result.kept))
-    counts = {name.replace("contradicted", dropped): count for name, count in counts.items()}
+                                                  agrees, target, len(result.kept), dropped)
     provenance = {"backbone": source.config.experiment.backbone, "prompt_checkpoint": plan["prompt_checkpoint"],
                   "seed": source.config.generation.seed, "filter": description}
     records = [export.SyntheticRecord(c.example, s, c.seed_uid, c.novel, provenance) for c, s in chosen]

@@ -12,12 +12,14 @@ label noise a parseable, label-exact synthetic example can still carry.
   summary = noise_summary(examples, label_names)   # {'examples', 'template_leak', 'degenerate_span' (percent
                                                    #  of examples), 'unlabelled_capitalised' (per example)}
 
-Counts, not a filter: the report shows them beside the seed set's own, so a reader sees how much of a
-synthetic set's label noise they explain.
+The report shows the three counts beside the seed set's own, so a reader sees how much of a synthetic set's
+label noise they explain. The first two also make a filter (`is_noisy`): the experiment's `msp_noise_filter`
+rows and `msp run`'s optional `drop_label_noise`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterable, Sequence
 
@@ -34,14 +36,18 @@ def template_leak(text: str) -> bool:
   return _TEMPLATE_MARKUP.search(text) is not None
 
 
-def _label_forms(names: Iterable[str]) -> frozenset[str]:
-  """A label's name as it may be written in text: `date_from`, `date from`, lower case."""
-  return frozenset(form for name in names for form in (name.lower(), name.lower().replace("_", " ")))
+@functools.lru_cache(maxsize=16)
+def _empty_span_texts(label_names: tuple[str, ...]) -> frozenset[str]:
+  """Span texts that carry no value, lower case: the pronouns and every label's name as it may be written in
+  text (`date_from`, `date from`). One set per ontology: the filters ask for it once per candidate."""
+  forms = (form for name in label_names for form in (name.lower(), name.lower().replace("_", " ")))
+  return PRONOUNS | frozenset(forms)
 
 
-def degenerate_spans(example: Example, label_forms: frozenset[str]) -> int:
-  """Spans of `example` whose text is a pronoun or a label's name (`_label_forms`)."""
-  return sum(1 for s in example.spans if s.text.strip().lower() in PRONOUNS | label_forms)
+def degenerate_spans(example: Example, label_names: Iterable[str]) -> int:
+  """Spans of `example` whose text is a pronoun or the name of one of `label_names`."""
+  empty = _empty_span_texts(tuple(label_names))
+  return sum(1 for s in example.spans if s.text.strip().lower() in empty)
 
 
 def unlabelled_capitalised(example: Example) -> int:
@@ -68,7 +74,7 @@ FILTER_VERSION = 1  # bump when `is_noisy` changes what it drops: the experiment
 def is_noisy(example: Example, label_names: Iterable[str]) -> bool:
   """Whether the example shows template markup or a degenerate span (the filter of `msp_noise_filter`; the
   capitalised-run count is a property of a set, not a reason to drop one example)."""
-  return template_leak(example.text) or degenerate_spans(example, _label_forms(label_names)) > 0
+  return template_leak(example.text) or degenerate_spans(example, label_names) > 0
 
 
 def noise_summary(examples: Sequence[Example], label_names: Iterable[str]) -> dict[str, float | int | None]:
@@ -76,8 +82,8 @@ def noise_summary(examples: Sequence[Example], label_names: Iterable[str]) -> di
   n = len(examples)
   if not n:
     return {"examples": 0, "template_leak": None, "degenerate_span": None, "unlabelled_capitalised": None}
-  forms = _label_forms(label_names)
+  label_names = tuple(label_names)
   return {"examples": n,
           "template_leak": 100.0 * sum(template_leak(e.text) for e in examples) / n,
-          "degenerate_span": 100.0 * sum(degenerate_spans(e, forms) > 0 for e in examples) / n,
+          "degenerate_span": 100.0 * sum(degenerate_spans(e, label_names) > 0 for e in examples) / n,
           "unlabelled_capitalised": sum(unlabelled_capitalised(e) for e in examples) / n}
