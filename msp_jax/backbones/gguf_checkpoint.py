@@ -1,7 +1,7 @@
 """Reads Llama-architecture GGUF files (llama.cpp's format) into the `llama.py` parameter tree.
 
-Weights are dequantised to float32 with `gguf.quants.dequantize` (Q4_1, Q8_0, F16, ... all work). llama.cpp's
-converter permutes the rows of attn_q / attn_k so that rotary pairs are adjacent (interleaved layout); we
+The container is parsed by `gguf_file`; weights are dequantised to float32 with `gguf.quants.dequantize`
+(Q4_1, Q8_0, F16, ... all work). llama.cpp's converter permutes the rows of attn_q / attn_k so that rotary pairs are adjacent (interleaved layout); we
 use the rotate-half layout of Hugging Face, so those rows are permuted back here. GGUF matrices are stored
 [out, in] (like PyTorch); our kernels are [in, out]. Tensor names come from the one Llama name table,
 `llama_names.LLAMA_TENSORS`.
@@ -14,35 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from msp_jax.backbones import gguf_file
 from msp_jax.backbones.bpe_tokenizer import BpeTokenizer
+from msp_jax.backbones.gguf_file import GgufFile, GgufTensor
 from msp_jax.backbones.llama import LlamaBackbone, LlamaConfig, check_params
 from msp_jax.backbones.llama_names import find_tensor, set_leaf
 from msp_jax.errors import CheckpointError
 from msp_jax.packaged_weights import packaged_file
 
-def _open(path: str | pathlib.Path) -> Any:
-  import gguf  # Imported lazily: only GGUF users need it.
 
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise CheckpointError(f"GGUF file {path} does not exist (expected a llama.cpp .gguf file)")
-  try:
-    return gguf.GGUFReader(str(path))
-  except Exception as e:  # The reader raises ValueError/IndexError/struct errors on bad bytes.
-    raise CheckpointError(f"{path}: not a readable GGUF file, corrupt or truncated ({type(e).__name__}: {e})"
-                          ) from None
-
-
-def _field(reader: Any, path: pathlib.Path, key: str, default: Any = ...) -> Any:
-  field = reader.fields.get(key)
-  if field is None:
+def _field(reader: GgufFile, path: pathlib.Path, key: str, default: Any = ...) -> Any:
+  if key not in reader.fields:
     if default is ...:
       raise CheckpointError(f"{path}: GGUF metadata field {key!r} is missing")
     return default
-  return field.contents()
+  return reader.fields[key]
 
 
-def config_from_gguf(reader: Any, path: pathlib.Path) -> LlamaConfig:
+def config_from_gguf(reader: GgufFile, path: pathlib.Path) -> LlamaConfig:
   """LlamaConfig from the `llama.*` metadata fields (raises unless general.architecture is llama)."""
   arch = _field(reader, path, "general.architecture")
   if arch != "llama":
@@ -82,23 +71,26 @@ def permute_rotary_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
   return w.reshape(num_heads, 2, head_dim // 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
 
 
-def _dequantize(tensor: Any, path: pathlib.Path) -> np.ndarray:
+def _dequantize(tensor: GgufTensor, path: pathlib.Path) -> np.ndarray:
   from gguf import quants
+  from gguf.constants import GGMLQuantizationType
 
+  tensor_type = GGMLQuantizationType(tensor.tensor_type)  # a known type: `gguf_file.read` checked it
   try:
-    data = quants.dequantize(tensor.data, tensor.tensor_type)
+    data = quants.dequantize(tensor.data, tensor_type)
   except Exception as e:
     raise CheckpointError(f"{path}: cannot dequantise tensor {tensor.name!r} of type "
-                          f"{tensor.tensor_type.name} ({type(e).__name__}: {e})") from None
+                          f"{tensor_type.name} ({type(e).__name__}: {e})") from None
   # GGUF lists dims innermost-first; numpy shape is the reverse.
   shape = tuple(int(d) for d in reversed(tensor.shape))
   return np.asarray(data, dtype=np.float32).reshape(shape)
 
 
-def read_gguf_params(path: str | pathlib.Path) -> tuple[LlamaConfig, dict]:
-  """Reads config + float32 params (a nested dict of NumPy arrays) from a Llama GGUF file."""
+def read_gguf_params(path: str | pathlib.Path, reader: GgufFile | None = None) -> tuple[LlamaConfig, dict]:
+  """Reads config + float32 params (a nested dict of NumPy arrays) from a Llama GGUF file (`reader`: the file
+  already parsed)."""
   path = pathlib.Path(path)
-  reader = _open(path)
+  reader = reader or gguf_file.read(path)
   config = config_from_gguf(reader, path)
   rotary_heads = {"query": config.num_heads, "key": config.num_kv_heads}  # rows llama.cpp permuted
   params: dict[str, Any] = {}
@@ -123,10 +115,10 @@ def read_gguf_params(path: str | pathlib.Path) -> tuple[LlamaConfig, dict]:
   return config, params
 
 
-def load_gguf_tokenizer(path: str | pathlib.Path) -> BpeTokenizer:
+def load_gguf_tokenizer(path: str | pathlib.Path, reader: GgufFile | None = None) -> BpeTokenizer:
   """The byte-level BPE tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata."""
   path = pathlib.Path(path)
-  reader = _open(path)
+  reader = reader or gguf_file.read(path)
   kind = _field(reader, path, "tokenizer.ggml.model")
   if kind != "gpt2":
     raise CheckpointError(f"{path}: tokenizer.ggml.model is {kind!r}; only byte-level BPE ('gpt2') is supported")
@@ -146,8 +138,9 @@ def load_gguf_backbone(path: str | pathlib.Path, name: str | None = None) -> Lla
   import jax
 
   path = pathlib.Path(path)
-  config, params = read_gguf_params(path)
-  return LlamaBackbone(config, jax.tree.map(jax.numpy.asarray, params), load_gguf_tokenizer(path),
+  reader = gguf_file.read(path)
+  config, params = read_gguf_params(path, reader)
+  return LlamaBackbone(config, jax.tree.map(jax.numpy.asarray, params), load_gguf_tokenizer(path, reader),
                        name=name or path.stem)
 
 
