@@ -161,7 +161,8 @@ def plots(results: dict) -> dict[str, bytes]:
       axes[1].bar(j + k * width, funnel[stage], width, color=f"C{k}", label=stage if j == 0 else None)
   axes[1].set_xticks([j + 0.3 for j in range(len(labels))], labels, rotation=40, ha="right", fontsize=7)
   axes[1].set_title("yield funnel")
-  axes[1].legend(fontsize=7)
+  axes[1].set_ylim(0, 1.2 * axes[1].get_ylim()[1])  # headroom: the legend sits above the tallest bars
+  axes[1].legend(fontsize=7, ncol=len(stages), loc="upper center")
   out["generated.png"] = png(fig)
 
   ablation = results.get("ablation")
