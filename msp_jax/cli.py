@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from msp_jax.errors import MspError
 
@@ -54,8 +55,15 @@ def one_line(error: Exception) -> str:
   return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+  """`warnings.formatwarning` for the command line: 'warning: <message>', without the source file and line
+  (a skipped registry entry is the user's business, not a line of msp-jax's code)."""
+  return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
+  warnings.formatwarning = one_line_warning
   # TensorFlow (SeqIO, TFRecord export) logs its CUDA/oneDNN start-up at INFO; a user has no use for it.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from msp_jax import runtime

@@ -7,6 +7,7 @@ import os
 import pathlib
 import random
 import string
+import warnings
 
 T5_VOCAB = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "t5_vocab" / "sentencepiece.model"
 # Read when `tasks` is imported; the fixture copy stands in for the public T5 vocabulary.
@@ -215,3 +216,26 @@ def test_persisted_synthetic_set_is_found_by_name_and_registered(tmp_path, monke
   assert [r["uid"].decode() for r in _rows(name, "train")] == [e.uid for e in kept]
   mixed = seqio.get_mixture_or_task(f"{name}_mixture")
   assert sorted(t.name for t in mixed.tasks) == [name, f"{name}_seeds"]
+
+
+def test_a_synthetic_set_whose_records_are_gone_is_skipped_with_one_warning_line(tmp_path, monkeypatch):
+  """A pointer left behind by a run whose folder was deleted: `import tasks` goes on, and the command line
+  prints one line naming the pointer and the missing file (no source file and line of ours)."""
+  from msp_jax import cli
+  from msp_jax.data import registry
+
+  monkeypatch.setenv("MSP_HOME", str(tmp_path / "home"))
+  pointer = registry.persist_synthetic(registry.SyntheticSet(
+      "gone_synthetic", tmp_path / "deleted" / "synthetic.jsonl", tmp_path / "deleted" / "seeds.jsonl",
+      source_task="front_desk", task_kind="multi_intent"))
+  with pytest.warns(UserWarning) as caught:
+    assert tasks.register_persisted_synthetic() == []
+  assert len(caught) == 1
+  w = caught[0]
+  line = cli.one_line_warning(w.message, w.category, w.filename, w.lineno)
+  assert line == f"warning: skipping synthetic set {pointer}: DataError: synthetic records file " \
+                 f"'{tmp_path / 'deleted' / 'synthetic.jsonl'}' does not exist\n"
+  monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  assert warnings.formatwarning is cli.one_line_warning
