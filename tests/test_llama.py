@@ -256,3 +256,12 @@ def test_shape_mismatch_names_the_offending_key(tmp_path):
   with pytest.raises(CheckpointError,
                      match=r"shape mismatches: layers_0/mlp/wi_0/kernel expected \(48, 96\) got \(48, 80\)"):
     hf_llama.read_hf_params(folder)
+
+
+def test_tensors_a_reader_found_no_place_for_are_named_before_the_shapes_are_checked():
+  config = llama.LLAMA_CONFIGS["tiny"]
+  with pytest.raises(CheckpointError, match=r"^m.gguf: unexpected tensors for a Llama model: "
+                                            r"\['blk.0.attn_q.bias', 'x', 'y'\]$"):
+    llama.check_params(config, {}, "m.gguf", unexpected=["blk.0.attn_q.bias", "x", "y", "z"])
+  with pytest.raises(CheckpointError, match="m.gguf"):  # nothing unexpected: the (empty) tree is checked
+    llama.check_params(config, {}, "m.gguf")

@@ -109,9 +109,7 @@ def read_gguf_params(path: str | pathlib.Path, reader: GgufFile | None = None) -
                             "is not supported")
     else:
       unknown.append(name)
-  if unknown:
-    raise CheckpointError(f"{path}: unexpected tensors for a Llama model: {unknown[:3]}")
-  check_params(config, params, str(path))
+  check_params(config, params, str(path), unexpected=unknown)
   return config, params
 
 

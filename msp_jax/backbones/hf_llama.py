@@ -89,9 +89,7 @@ def read_hf_params(path: str | pathlib.Path) -> tuple[LlamaConfig, dict]:
           continue  # Recomputed from rope_theta.
         else:
           unknown.append(name)
-  if unknown:
-    raise CheckpointError(f"{path}: unexpected tensors for a Llama model: {unknown[:3]}")
-  check_params(config, params, str(path))
+  check_params(config, params, str(path), unexpected=unknown)
   return config, params
 
 

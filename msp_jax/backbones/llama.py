@@ -37,7 +37,7 @@ One file holds the whole backbone (config, layers, parameter tree, fused layout,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -464,9 +464,12 @@ def config_from_params(params: Params, *, num_heads: int, num_kv_heads: int | No
                      norm_eps=norm_eps, tie_embeddings="logits_dense" not in params)
 
 
-def check_params(config: LlamaConfig, params: Params, source: str) -> None:
+def check_params(config: LlamaConfig, params: Params, source: str, unexpected: Sequence[str] = ()) -> None:
   """Raises CheckpointError naming `source` and the first offending keys if `params` does not fit `config`
-  (keys and shapes; a checkpoint's dtype is the reader's business)."""
+  (keys and shapes; a checkpoint's dtype is the reader's business), or naming the first `unexpected` tensors
+  a reader found no place for."""
+  if unexpected:
+    raise CheckpointError(f"{source}: unexpected tensors for a Llama model: {list(unexpected[:3])}")
   check_params_match(nn.meta.unbox(_boxed_shapes(config)), params, source, check_dtype=False)
 
 
