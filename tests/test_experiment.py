@@ -18,6 +18,7 @@ from msp_jax import files
 from msp_jax.cli import main
 from msp_jax.commands import experiment as experiment_command
 from msp_jax.errors import ConfigError
+from msp_jax.evaluation import task_models
 from msp_jax.experiment import cells, config as cfg, report, results, runner
 from msp_jax.experiment.domains import experiment_domain, nlupp_folds
 from msp_jax.run import cache
@@ -183,6 +184,18 @@ def test_consistency_and_in_context_cells_reuse_what_they_share(tmp_path, monkey
   dropped = collected["domains"]["front_desk"]["rows"]["msp_noise_filter-attention"]["generated"]["dropped"]
   assert dropped.get("noisy_in_kept_set", 0) + dropped.get("noisy_in_fill", 0) == sum(
       counts[k] for k in ("noisy_in_kept_set", "noisy_in_fill"))
+  # The seed and oracle models are kept on disk: a later process loads them and predicts the same, untrained.
+  later = tiny_runner(tmp_path / "exp", "msp.experiment_matrix.methods = ['in_context', 'msp_consistency', "
+                      "'msp_noise_filter', 'msp_span_completion']")
+  monkeypatch.setattr(task_models, "train", lambda *args, **kwargs: pytest.fail("a kept model was retrained"))
+  test = experiment.test_examples("front_desk")
+  for kind in ("seed", "oracle"):
+    assert later.model_file("front_desk", kind) == experiment.model_file("front_desk", kind)
+    assert later.model_file("front_desk", kind).is_file()
+    assert task_models.predict(later.model("front_desk", kind), test, later.encoder) == \
+        task_models.predict(experiment.model("front_desk", kind), test, experiment.encoder)
+  assert experiment.model_file("front_desk", "seed") != tiny_runner(
+      tmp_path / "exp", "msp.TaskModelConfig.max_epochs = 2").model_file("front_desk", "seed")
 
 
 def test_generation_seeds_share_prompts_and_a_committed_experiment_is_not_retrained(tmp_path):

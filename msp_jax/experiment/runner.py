@@ -5,7 +5,9 @@ whole matrix, then `results.json` and the report (`results`, `report`).
   <workdir>/experiment.log                         what each stage did (the bar shows only where it is)
   <workdir>/results.json, report.md, report.html   `results` and `report`
 
-A killed experiment resumes: finished stages are skipped by their records. Everything takes plain arguments.
+A killed experiment resumes: finished stages are skipped by their records, and the seed and oracle task models
+are kept in `cells/<domain>/models` (`model_file`). Everything takes plain arguments. Just over 400 lines: each
+stage sits beside the fingerprint of what it reads, and they are read together.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from msp_jax import files
 from msp_jax.backbones import load_backbone
 from msp_jax.backbones.base import Backbone
 from msp_jax.errors import ConfigError
-from msp_jax.evaluation import compare, predictions, task_models
+from msp_jax.evaluation import compare, model_files, predictions, task_models
 from msp_jax.evaluation.eda import eda_examples
 from msp_jax.evaluation.heads import LabelSpace
 from msp_jax.experiment import cells, label_checks
@@ -33,6 +35,7 @@ from msp_jax.synthesis import export, label_noise, synthetic_metrics
 
 LOG_FILE = "experiment.log"
 PREDICTIONS_FILE = "predictions.jsonl.gz"  # a run's test predictions, gzipped: the experiment commits them
+MODELS_DIR = "models"  # cells/<domain>/models: the seed and oracle task models (not committed: ~90 MB each)
 
 
 class ExperimentRunner:
@@ -263,9 +266,14 @@ class ExperimentRunner:
 
   def model(self, domain_name: str, kind: str) -> task_models.TrainedModel:
     """The seed model (seeds only, selected on validation: the consistency filter's) or the oracle (every
-    non-test example, last epoch), trained once per process."""
+    non-test example, last epoch): trained once, kept in `model_file` for later processes (training is
+    deterministic, so a kept model is the one a retraining would give)."""
     key = (domain_name, kind)
     if key not in self._models:
+      path = self.model_file(domain_name, kind)
+      if path.is_file():
+        self._models[key] = model_files.load(path)
+        return self._models[key]
       domain = self.domain(domain_name)
       space = LabelSpace.of(domain.data.ontology)
       if kind == "seed":
@@ -274,8 +282,15 @@ class ExperimentRunner:
       else:
         model = task_models.train(domain.oracle_train, space, self.base.task_model, self.encoder)
       self.log(f"{domain_name}: {kind} model trained in {model.seconds:.0f} s")
+      model_files.save(model, path)
       self._models[key] = model
     return self._models[key]
+
+  def model_file(self, domain_name: str, kind: str) -> pathlib.Path:
+    """Where the domain's seed or oracle model is kept, named by what it was trained from and with."""
+    key = cache.fingerprint({"kind": kind, "split": self.split(domain_name), **self._model_settings(),
+                             "max_oracle_examples": self.matrix.max_oracle_examples})
+    return self.root / "cells" / domain_name / MODELS_DIR / f"{kind}-{key[:16]}.npz"
 
   def _correctness(self, cell: cfg.Cell):
     task = self.domain(cell.domain).data.ontology.task
