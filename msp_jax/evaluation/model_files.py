@@ -18,35 +18,21 @@ import zipfile
 
 import numpy as np
 
+from msp_jax.backbones.llama_names import set_leaf
+from msp_jax.backbones.param_checks import flatten_tree
 from msp_jax.errors import DataError
 from msp_jax.evaluation.heads import LabelSpace
 from msp_jax.evaluation.task_models import TaskModelConfig, TrainedModel
 from msp_jax.files import atomic_path
 
 _META = "__model__"  # the array holding the JSON metadata
-_SEPARATOR = "/"
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-  flat: dict[str, np.ndarray] = {}
-  for key, value in tree.items():
-    if _SEPARATOR in key:
-      raise ValueError(f"parameter name {key!r} contains {_SEPARATOR!r}")
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}{_SEPARATOR}"))
-    else:
-      flat[prefix + key] = np.asarray(value)
-  return flat
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  """{'a/b/c': leaf} (`flatten_tree`'s keys) -> nested dicts."""
   tree: dict = {}
   for name, value in flat.items():
-    *parents, leaf = name.split(_SEPARATOR)
-    node = tree
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
+    set_leaf(tree, tuple(name.split("/")), value)
   return tree
 
 
@@ -56,7 +42,7 @@ def save(model: TrainedModel, path: str | os.PathLike) -> pathlib.Path:
   meta = {"space": dataclasses.asdict(model.space), "config": dataclasses.asdict(model.config),
           "buckets": list(model.buckets), "history": model.history, "best_epoch": model.best_epoch,
           "seconds": model.seconds}
-  arrays = _flatten(model.params)
+  arrays = {name: np.asarray(leaf) for name, leaf in flatten_tree(model.params).items()}
   arrays[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
