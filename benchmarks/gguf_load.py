@@ -47,7 +47,6 @@ class _PackageReader:
 
   def __init__(self, path: pathlib.Path):
     reader = gguf.GGUFReader(str(path))
-    self.path = path
     self.fields = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
     self.tensors = tuple(gguf_file.GgufTensor(t.name, int(t.tensor_type), tuple(int(d) for d in t.shape), t.data)
                          for t in reader.tensors)

@@ -1,10 +1,10 @@
 """Reads Llama-architecture GGUF files (llama.cpp's format) into the `llama.py` parameter tree.
 
 The container is parsed by `gguf_file`; weights are dequantised to float32 with `gguf.quants.dequantize`
-(Q4_1, Q8_0, F16, ... all work). llama.cpp's converter permutes the rows of attn_q / attn_k so that rotary pairs are adjacent (interleaved layout); we
-use the rotate-half layout of Hugging Face, so those rows are permuted back here. GGUF matrices are stored
-[out, in] (like PyTorch); our kernels are [in, out]. Tensor names come from the one Llama name table,
-`llama_names.LLAMA_TENSORS`.
+(Q4_1, Q8_0, F16, ... all work). llama.cpp's converter permutes the rows of attn_q / attn_k so that rotary
+pairs are adjacent (interleaved layout); we use the rotate-half layout of Hugging Face, so those rows are
+permuted back here. GGUF matrices are stored [out, in] (like PyTorch); our kernels are [in, out]. Tensor names
+come from the one Llama name table, `llama_names.LLAMA_TENSORS`.
 """
 
 from __future__ import annotations

@@ -269,11 +269,12 @@ class ExperimentRunner:
     non-test example, last epoch): trained once, kept in `model_file` for later processes (training is
     deterministic, so a kept model is the one a retraining would give)."""
     key = (domain_name, kind)
-    if key not in self._models:
-      path = self.model_file(domain_name, kind)
-      if path.is_file():
-        self._models[key] = model_files.load(path)
-        return self._models[key]
+    if key in self._models:
+      return self._models[key]
+    path = self.model_file(domain_name, kind)
+    if path.is_file():
+      model = model_files.load(path)
+    else:
       domain = self.domain(domain_name)
       space = LabelSpace.of(domain.data.ontology)
       if kind == "seed":
@@ -283,14 +284,15 @@ class ExperimentRunner:
         model = task_models.train(domain.oracle_train, space, self.base.task_model, self.encoder)
       self.log(f"{domain_name}: {kind} model trained in {model.seconds:.0f} s")
       model_files.save(model, path)
-      self._models[key] = model
-    return self._models[key]
+    self._models[key] = model
+    return model
 
   def model_file(self, domain_name: str, kind: str) -> pathlib.Path:
     """Where the domain's seed or oracle model is kept, named by what it was trained from and with."""
     key = cache.fingerprint({"kind": kind, "split": self.split(domain_name), **self._model_settings(),
                              "max_oracle_examples": self.matrix.max_oracle_examples})
-    return self.root / "cells" / domain_name / MODELS_DIR / f"{kind}-{key[:16]}.npz"
+    domain_dir = self.cell_dir(cells.oracle_cell(domain_name)).parent  # cells/<domain>, as the cells spell it
+    return domain_dir / MODELS_DIR / f"{kind}-{key[:16]}.npz"
 
   def _correctness(self, cell: cfg.Cell):
     task = self.domain(cell.domain).data.ontology.task
