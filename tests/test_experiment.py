@@ -237,6 +237,49 @@ def test_expand_shares_the_msp_cell_with_the_ablation_and_the_consistency_filter
                    ("b", "seed_only"), ("b", "msp-attention"), ("b", "msp_consistency-attention"), ("a", "msp-cnn")]
 
 
+def test_ablation_methods_run_on_the_ablation_domain_after_the_main_cells_and_before_the_mixers():
+  matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only",), generation_seeds=(0, 1),
+                            ablation_domain="b", ablation_mixers=("attention", "cnn"),
+                            ablation_methods=("msp_rebalanced", "msp_consistency"))
+  names = [(c.domain, c.name, c.generation_seed) for c in cfg.expand(matrix, "attention")]
+  assert names == [("a", "seed_only", None), ("b", "seed_only", None),
+                   *[("b", "msp_rebalanced-attention", s) for s in (0, 1)],
+                   *[("b", "msp-attention", s) for s in (0, 1)],  # what the consistency filter filters
+                   *[("b", "msp_consistency-attention", s) for s in (0, 1)],
+                   *[("b", "msp-cnn", s) for s in (0, 1)]]
+  rebalanced = cfg.Cell("b", cfg.MSP_REBALANCED, "attention", 1)
+  assert cells.train_cell(rebalanced, matrix) == cfg.Cell("b", cfg.MSP, "attention", 0)
+  assert cells.run_stages(rebalanced, matrix) == ("generate", "denoise")
+  with pytest.raises(ConfigError, match="ablation_methods=\\['msp_rebalanced'\\]: needs an ablation_domain"):
+    cfg.MatrixConfig(domains=("a",), ablation_methods=("msp_rebalanced",))
+
+
+def test_rebalanced_cell_samples_msp_s_prompts_with_rebalanced_requests(tmp_path):
+  calls = []
+  experiment = tiny_runner(tmp_path / "exp", "msp.experiment_matrix.methods = ['msp']",
+                           "msp.GenerationSettings.rebalance = False",
+                           "msp.experiment_matrix.ablation_domain = 'front_desk'",
+                           "msp.experiment_matrix.ablation_mixers = ['attention']",
+                           "msp.experiment_matrix.ablation_methods = ['msp_rebalanced']",
+                           hook=lambda cell, stage: calls.append((cell.name, stage)))
+  experiment.run()
+  assert calls == [("msp-attention", "train"), ("msp-attention", "generate"), ("msp-attention", "denoise"),
+                   ("msp-attention", cells.CORRECTNESS), ("msp-attention", cells.TASK_MODELS),
+                   ("msp_rebalanced-attention", "generate"), ("msp_rebalanced-attention", "denoise"),
+                   ("msp_rebalanced-attention", cells.CORRECTNESS), ("msp_rebalanced-attention", cells.TASK_MODELS),
+                   ("oracle", cells.ORACLE)]  # one domain: its oracle after its ablation cells
+  msp = experiment.run_of(cfg.Cell("front_desk", cfg.MSP, "attention", 0))
+  rebalanced = experiment.run_of(cfg.Cell("front_desk", cfg.MSP_REBALANCED, "attention", 0))
+  assert rebalanced.config.generation.rebalance and not msp.config.generation.rebalance
+  assert rebalanced.config.mixture == msp.config.mixture
+  assert rebalanced.prompts[2] == msp.prompts[2]  # the same trained prompt checkpoint
+  assert rebalanced.config.generate_fingerprint() != msp.config.generate_fingerprint()
+  entry = results.collect(experiment)["domains"]["front_desk"]
+  assert entry["rows"]["msp_rebalanced-attention"]["title"] == "seed + MSP, rebalanced (attention)"
+  assert {(c["method"], c["baseline"]) for c in entry["comparisons"]} == {("msp_rebalanced-attention",
+                                                                         "msp-attention")}
+
+
 def test_each_domain_has_its_oracle_reference_after_its_main_cells_and_before_the_ablation():
   matrix = cfg.MatrixConfig(domains=("a", "b"), methods=("seed_only",), generation_seeds=(0,),
                             ablation_domain="a", ablation_mixers=("cnn",))
@@ -261,6 +304,7 @@ def test_domain_shapes_name_an_experiment_domain_and_two_sizes():
     ("msp.experiment_matrix.methods = ['msp', 'gpt4']", "unknown method 'gpt4'"),
     ("msp.experiment_matrix.domains = ['no_such_domain']", "no_such_domain"),
     ("msp.experiment_matrix.ablation_mixers = ['lstm']", "unknown mixer 'lstm'"),
+    ("msp.experiment_matrix.ablation_methods = ['gpt4']", "ablation_methods: unknown method 'gpt4'"),
 ])
 def test_bad_matrix_is_one_line(tmp_path, capsys, binding, expected):
   code = main(["experiment", "--gin_file", TINY[0], "--quiet", "--workdir", str(tmp_path / "exp"),

@@ -1,8 +1,9 @@
 """A cell's workdir and its cached stages.
 
-A generated cell (in_context, prompt_tuning, msp-<mixer>) is a `workflow.Run` workdir: its generate and
-denoise stages are `Run`'s own, cached by their fingerprints. Prompts are trained once per method (and mixer),
-in the workdir of the first generation seed (`train_cell`); the other seeds sample from them. The msp filters
+A generated cell (in_context, prompt_tuning, msp-<mixer>, msp_rebalanced-<mixer>) is a `workflow.Run` workdir:
+its generate and denoise stages are `Run`'s own, cached by their fingerprints. Prompts are trained once per
+method (and mixer), in the workdir of the first generation seed (`train_cell`); the other seeds, and
+msp_rebalanced, sample from them. The msp filters
 (msp_consistency, msp_noise_filter, msp_span_completion) read the msp cell of the same mixer and generation seed
 and add their own stage (`FILTER_STAGES`: `consistency`, `noise_filter`, `span_completion`) in their folder.
 Every cell then has the experiment's stages (`msp_jax.run.cache` records in `<cell>/stages/`):
@@ -99,7 +100,7 @@ def cell_config(base: RunConfig, cell: cfg.Cell, domain: ExperimentDomain, matri
                 workdir: pathlib.Path, split: str, in_context_prefix: int | None = None) -> CellConfig:
   """The run config of a generated cell (an msp filter: that of the msp cell it filters)."""
   mixture = base.mixture
-  if cell.method in (cfg.MSP, *cfg.MSP_FILTERS):
+  if cell.method in cfg.MSP_METHODS:
     mixture = dataclasses.replace(mixture, mixer=cell.mixer)
   elif cell.method == cfg.PROMPT_TUNING:
     length = matrix.prompt_tuning_length or mixture.prefix_length + mixture.attribute_length
@@ -110,6 +111,8 @@ def cell_config(base: RunConfig, cell: cfg.Cell, domain: ExperimentDomain, matri
                                    few_shot_k=None)
   generation = dataclasses.replace(base.generation, target_count=target_count(matrix, domain),
                                    seed=cell.generation_seed)
+  if cell.method == cfg.MSP_REBALANCED:
+    generation = dataclasses.replace(generation, rebalance=True)
   shapes = base.shapes
   if cell.domain in matrix.domain_shapes:
     text_len, target_len = matrix.domain_shapes[cell.domain]
@@ -130,11 +133,13 @@ def source_cell(cell: cfg.Cell) -> cfg.Cell:
 
 def train_cell(cell: cfg.Cell, matrix: cfg.MatrixConfig) -> cfg.Cell | None:
   """The cell whose workdir trains the prompts a generated cell samples from: that of the first generation
-  seed (the generation seeds of a method share its prompts and differ in sampling); None for in_context."""
+  seed (the generation seeds of a method share its prompts and differ in sampling; msp_rebalanced samples
+  from msp's); None for in_context."""
   source = source_cell(cell)
   if source.method not in cfg.TRAINED_PROMPTS:
     return None
-  return dataclasses.replace(source, generation_seed=matrix.generation_seeds[0])
+  method = cfg.MSP if source.method == cfg.MSP_REBALANCED else source.method
+  return dataclasses.replace(source, method=method, generation_seed=matrix.generation_seeds[0])
 
 
 def run_stages(cell: cfg.Cell, matrix: cfg.MatrixConfig) -> tuple[str, ...]:

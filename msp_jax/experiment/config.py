@@ -19,9 +19,14 @@ Methods (each downstream model is trained on seed + its synthetic set of the sam
   msp_span_completion  msp's kept set with the spans the seeds-only task model finds where the generator wrote
                    none added (`label_checks.complete_spans`): every generated label stays, unlabelled entities
                    and slots get one
+  msp_rebalanced   msp's prompts (trained once, in the msp cell), sampled with the requests rebalanced towards
+                   seeds carrying rare labels (`GenerationSettings.rebalance`, the `msp run` default), denoised
+                   as msp is: the synthetic set no longer follows the seeds' label distribution
 
-The three generators share the backbone, the sampling settings and the denoiser. The mixer ablation adds an
-msp cell per mixer in `ablation_mixers` on `ablation_domain` (the msp cell of the same mixer is shared).
+The three generators share the backbone, the sampling settings and the denoiser. The ablations run on
+`ablation_domain` only, after every domain's main cells: first the methods of `ablation_methods` (settings
+studies such as msp_rebalanced), then an msp cell per mixer in `ablation_mixers` (the msp cell of the same
+mixer is shared).
 """
 
 from __future__ import annotations
@@ -33,17 +38,22 @@ from typing import Mapping
 from msp_jax.errors import ConfigError
 from msp_jax.tuning.mixers import MIXERS
 
-SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION = (
-    "seed_only", "eda", "in_context", "prompt_tuning", "msp", "msp_consistency", "msp_noise_filter",
-    "msp_span_completion")
-METHODS = (SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION)
+(SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION,
+ MSP_REBALANCED) = ("seed_only", "eda", "in_context", "prompt_tuning", "msp", "msp_consistency", "msp_noise_filter",
+                    "msp_span_completion", "msp_rebalanced")
+METHODS = (SEED_ONLY, EDA, IN_CONTEXT, PROMPT_TUNING, MSP, MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION,
+           MSP_REBALANCED)
 # Post-process the msp cell of their mixer and generation seed (a filter, or span completion).
 MSP_FILTERS = (MSP_CONSISTENCY, MSP_NOISE_FILTER, MSP_SPAN_COMPLETION)
-GENERATED = (IN_CONTEXT, PROMPT_TUNING, MSP, *MSP_FILTERS)      # one cell per generation seed
-TRAINED_PROMPTS = (PROMPT_TUNING, MSP, *MSP_FILTERS)            # need a trained prompt checkpoint
+# Differ from msp in one respect and are compared with it as well as with the baselines.
+MSP_VARIANTS = (*MSP_FILTERS, MSP_REBALANCED)
+MSP_METHODS = (MSP, *MSP_VARIANTS)                             # run with the experiment's mixer
+GENERATED = (IN_CONTEXT, PROMPT_TUNING, *MSP_METHODS)          # one cell per generation seed
+TRAINED_PROMPTS = (PROMPT_TUNING, *MSP_METHODS)                # need a trained prompt checkpoint
 TITLES = {SEED_ONLY: "seed only", EDA: "seed + EDA", IN_CONTEXT: "seed + in-context", PROMPT_TUNING:
           "seed + prompt tuning", MSP: "seed + MSP", MSP_CONSISTENCY: "seed + MSP + consistency",
-          MSP_NOISE_FILTER: "seed + MSP + noise filter", MSP_SPAN_COMPLETION: "seed + MSP + span completion"}
+          MSP_NOISE_FILTER: "seed + MSP + noise filter", MSP_SPAN_COMPLETION: "seed + MSP + span completion",
+          MSP_REBALANCED: "seed + MSP, rebalanced"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +68,7 @@ class MatrixConfig:
   synthetic_ratio: float = 4.0           # synthetic examples per seed example (the authors keep 4x)
   ablation_domain: str | None = None     # a domain of `domains`; None: no mixer ablation
   ablation_mixers: tuple[str, ...] = tuple(MIXERS)
+  ablation_methods: tuple[str, ...] = ()  # run on ablation_domain only, before the mixers (module docstring)
   prompt_tuning_length: int | None = None  # PT's soft prompt; None: prefix + attribute length of MSP's prompts
   # Per-domain padded sizes {domain: (max_text_len, max_target_len)} replacing `InputShapes`' for that domain's
   # cells (attention cost grows with their sum, and domains' serialised examples differ 3x in length); sampling
@@ -83,6 +94,13 @@ class MatrixConfig:
       if mixer not in MIXERS:
         raise ConfigError(f"experiment_matrix.ablation_mixers: unknown mixer {mixer!r}; expected one of "
                           f"{', '.join(MIXERS)}")
+    for method in self.ablation_methods:
+      if method not in METHODS:
+        raise ConfigError(f"experiment_matrix.ablation_methods: unknown method {method!r}; expected one of "
+                          f"{', '.join(METHODS)}")
+    if self.ablation_methods and self.ablation_domain is None:
+      raise ConfigError(f"experiment_matrix.ablation_methods={list(self.ablation_methods)}: needs an "
+                        "ablation_domain to run on")
     if self.ablation_domain is not None and self.ablation_domain not in self.domains:
       raise ConfigError(f"experiment_matrix.ablation_domain={self.ablation_domain!r}: expected one of the "
                         f"experiment's domains ({', '.join(self.domains)})")
@@ -137,18 +155,24 @@ def _safe(name: str) -> str:
 
 def expand(matrix: MatrixConfig, msp_mixer: str) -> list[Cell]:
   """Every cell, in the order they run: per domain, the methods in the matrix's order (msp with `msp_mixer`;
-  the msp filters after the msp cell they filter); then the ablation's other mixers, so an experiment split
-  over sessions has every domain's main table before the ablation."""
+  the msp filters after the msp cell they filter); then the ablation domain's `ablation_methods` and its other
+  mixers, so an experiment split over sessions has every domain's main table before the ablations."""
   cells: list[Cell] = []
+
+  def add(domain: str, method: str) -> None:
+    if method not in GENERATED:
+      cells.append(Cell(domain, method))
+      return
+    mixer = msp_mixer if method in MSP_METHODS else None
+    if method in MSP_FILTERS:
+      cells.extend(Cell(domain, MSP, msp_mixer, s) for s in matrix.generation_seeds)  # what it filters
+    cells.extend(Cell(domain, method, mixer, s) for s in matrix.generation_seeds)
+
   for domain in matrix.domains:
     for method in matrix.methods:
-      if method not in GENERATED:
-        cells.append(Cell(domain, method))
-        continue
-      mixer = msp_mixer if method in (MSP, *MSP_FILTERS) else None
-      if method in MSP_FILTERS and MSP not in matrix.methods:
-        cells.extend(Cell(domain, MSP, msp_mixer, s) for s in matrix.generation_seeds)  # what it filters
-      cells.extend(Cell(domain, method, mixer, s) for s in matrix.generation_seeds)
+      add(domain, method)
+  for method in matrix.ablation_methods:
+    add(matrix.ablation_domain, method)
   if matrix.ablation_domain is not None:
     cells.extend(Cell(matrix.ablation_domain, MSP, mixer, s) for mixer in matrix.ablation_mixers
                  if mixer != msp_mixer for s in matrix.generation_seeds)

@@ -95,7 +95,7 @@ def score_row(root: pathlib.Path, row: dict, task: str) -> dict[str, dict[str, f
 
 
 def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix: cfg.MatrixConfig) -> list[dict]:
-  """Paired bootstrap of (MSP - each baseline) and (each MSP filter - each baseline and MSP), main score."""
+  """Paired bootstrap of (MSP - each baseline) and (each MSP variant - each baseline and MSP), main score."""
   score = predictions.MAIN_SCORE[task]
   counts: dict[str, list[np.ndarray]] = {}
   uids: dict[str, list[str]] = {}
@@ -110,9 +110,9 @@ def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix
       counts[name] = [statistics.example_counts(r, score) for r in runs]
     return counts[name]
 
-  filter_rows = [msp_row.replace(cfg.MSP, method, 1) for method in cfg.MSP_FILTERS]
+  variant_rows = [msp_row.replace(cfg.MSP, method, 1) for method in cfg.MSP_VARIANTS]
   out = []
-  for target, others in ((msp_row, BASELINES), *((row, (*BASELINES, msp_row)) for row in filter_rows)):
+  for target, others in ((msp_row, BASELINES), *((row, (*BASELINES, msp_row)) for row in variant_rows)):
     if target not in rows or not rows[target]["runs"]:
       continue
     for baseline in others:
