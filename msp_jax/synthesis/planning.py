@@ -84,7 +84,7 @@ def plan_combinations(seeds: Sequence[Example], ontology: Ontology, combinations
 
 
 def plan_generation(seeds: Sequence[Example], ontology: Ontology, *, target_count: int, ratio: float = 1.2,
-                    rebalance: bool = True, novel_combinations: int = 0, seed: int = 0,
+                    rebalance: bool = False, novel_combinations: int = 0, seed: int = 0,
                     combinations: Sequence[Sequence[str]] = ()
                     ) -> tuple[list[GenerationRequest], dict[str, int]]:
   """Requests whose kept totals reach `target_count`, ceil(target_count * ratio) generations in all
