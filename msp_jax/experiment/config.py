@@ -20,7 +20,7 @@ Methods (each downstream model is trained on seed + its synthetic set of the sam
                    none added (`label_checks.complete_spans`): every generated label stays, unlabelled entities
                    and slots get one
   msp_rebalanced   msp's prompts (trained once, in the msp cell), sampled with the requests rebalanced towards
-                   seeds carrying rare labels (`GenerationSettings.rebalance`, the `msp run` default), denoised
+                   seeds carrying rare labels (`GenerationSettings.rebalance = True`; off by default), denoised
                    as msp is: the synthetic set no longer follows the seeds' label distribution
 
 The three generators share the backbone, the sampling settings and the denoiser. The ablations run on
@@ -86,18 +86,15 @@ class MatrixConfig:
     for name in ("domains", "methods", "generation_seeds"):
       if not getattr(self, name):
         raise ConfigError(f"experiment_matrix.{name}: expected at least one")
-    for method in self.methods:
-      if method not in METHODS:
-        raise ConfigError(f"experiment_matrix.methods: unknown method {method!r}; expected one of "
-                          f"{', '.join(METHODS)}")
+    for name in ("methods", "ablation_methods"):
+      for method in getattr(self, name):
+        if method not in METHODS:
+          raise ConfigError(f"experiment_matrix.{name}: unknown method {method!r}; expected one of "
+                            f"{', '.join(METHODS)}")
     for mixer in self.ablation_mixers:
       if mixer not in MIXERS:
         raise ConfigError(f"experiment_matrix.ablation_mixers: unknown mixer {mixer!r}; expected one of "
                           f"{', '.join(MIXERS)}")
-    for method in self.ablation_methods:
-      if method not in METHODS:
-        raise ConfigError(f"experiment_matrix.ablation_methods: unknown method {method!r}; expected one of "
-                          f"{', '.join(METHODS)}")
     if self.ablation_methods and self.ablation_domain is None:
       raise ConfigError(f"experiment_matrix.ablation_methods={list(self.ablation_methods)}: needs an "
                         "ablation_domain to run on")
