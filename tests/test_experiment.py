@@ -79,6 +79,8 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   msp_row = entry["rows"]["msp-attention"]
   assert msp_row["generated"]["funnel"]["kept"] == cells.target_count(second.matrix, second.domain("front_desk"))
   assert msp_row["generated"]["correctness"] is not None
+  assert msp_row["prompt_training"]["steps"] == second.base.training.steps
+  assert "prompt_training" not in entry["rows"]["seed_only"]
   noise = msp_row["generated"]["label_noise"]
   assert set(noise) == {"template_leak", "degenerate_span", "unlabelled_capitalised"}
   assert noise["template_leak"] == 0.0 and entry["seed_label_noise"]["examples"] == len(second.domain("front_desk").seeds)

@@ -27,6 +27,13 @@ def _num(value, digits: int = 3) -> str:
   return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _loss(training: dict | None) -> str:
+  """'first → best' prompt dev loss of a row that trained prompts, '–' for the others."""
+  if not training or training.get("best_dev_loss") is None:
+    return "–"
+  return f"{_num(training.get('first_dev_loss'), 2)} → {_num(training['best_dev_loss'], 2)}"
+
+
 def _oracle_reference(oracle: dict | None) -> str:
   if not oracle or oracle["test_reproduced"] is None:
     return ""
@@ -70,17 +77,22 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
     out.append((f"{name}: downstream scores", header, rows, note))
     generated = [(row["title"], row["generated"]) for row in entry["rows"].values() if "generated" in row]
     if generated:
+      losses = {row["title"]: _loss(row.get("prompt_training")) for row in entry["rows"].values()}
       header = ["method", "distinct-1", "distinct-2", "distinct-3", "correctness %", "perplexity",
-                "generated", "parsed", "candidates", "kept", "dropped (reason: count)"]
+                "prompt dev loss (first → best)", "generated", "parsed", "candidates", "kept",
+                "dropped (reason: count)"]
       rows = [[title, *[_num(g["distinct"][f"distinct_{k}"]) for k in (1, 2, 3)], _num(g["correctness"], 1),
-               _num(g["perplexity"], 1), *[str(g["funnel"][k]) for k in ("generated", "parsed", "candidates", "kept")],
+               _num(g["perplexity"], 1), losses[title],
+               *[str(g["funnel"][k]) for k in ("generated", "parsed", "candidates", "kept")],
                ", ".join(f"{k}: {v}" for k, v in sorted(g["dropped"].items()) if v)] for title, g in generated]
       seed = generated[0][1]
       note = (f"Distinct@k on equal-size samples ({_num(seed['sample_size'], 0)} texts; the seed set's own: "
               f"{' / '.join(_num(seed['seed_distinct'][f'distinct_{k}']) for k in (1, 2, 3))}); correctness: share "
               f"of kept examples whose labels the oracle model ({sizes['oracle_train']} non-test examples) "
               f"reproduces{_oracle_reference(entry.get('oracle'))}; perplexity under the backbone (seed set: "
-              f"{_num(seed['seed_perplexity'], 1)}). Funnel counts are summed over generation seeds.")
+              f"{_num(seed['seed_perplexity'], 1)}); prompt dev loss: the prompt-training loss on held-out seed "
+              "examples at the first evaluation and the best one (rows that train prompts; the others sample from "
+              "theirs). Funnel counts are summed over generation seeds.")
       out.append((f"{name}: generated data", header, rows, note))
       out.append(_noise_table(name, entry, generated))
     if entry["comparisons"]:
@@ -96,13 +108,61 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
       out.append((f"{name}: paired differences", header, rows, note))
   ablation = results.get("ablation")
   if ablation and ablation["domain"] in results["domains"]:
-    entry = results["domains"][ablation["domain"]]
-    main = entry["main_score"]
-    rows = [[entry["rows"][r]["mixer"], str(len(entry["rows"][r]["runs"])), _fmt(entry["rows"][r]["scores"].get(main))]
-            for r in ablation["rows"] if r in entry["rows"]]
-    out.append((f"mixer ablation ({ablation['domain']})", ["mixer", "runs", SCORE_TITLES.get(main, main)], rows,
-                "seed + MSP with each mixer; mean ± std, percent."))
+    out.append(_ablation_table(ablation, results["domains"][ablation["domain"]]))
+  if results.get("cells"):
+    out.append(_wall_time_table(results))
   return out
+
+
+def _ablation_table(ablation: dict, entry: dict) -> tuple:
+  """Each mixer's downstream scores beside what explains them: the selection score on validation, the prompts'
+  dev loss, the kept data's correctness and diversity, and the paired difference from the experiment's mixer."""
+  names, main = entry["score_names"], entry["main_score"]
+  versus = {c["method"]: c for c in entry["comparisons"] if c["baseline"] == entry["msp_row"]}
+  rows = []
+  for name in (r for r in ablation["rows"] if r in entry["rows"]):
+    row = entry["rows"][name]
+    generated = row.get("generated") or {}
+    c = versus.get(name)
+    difference = ("(reference)" if name == entry["msp_row"] else
+                  "–" if c is None else f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]")
+    rows.append([row["mixer"], str(len(row["runs"])), *[_fmt(row["scores"].get(n)) for n in names],
+                 _fmt(row.get("validation")), _loss(row.get("prompt_training")),
+                 _num(generated.get("correctness"), 1), _num((generated.get("distinct") or {}).get("distinct_2")),
+                 difference])
+  header = ["mixer", "runs", *[SCORE_TITLES.get(n, n) for n in names], "validation (selection)",
+            "prompt dev loss (first → best)", "correctness %", "distinct-2",
+            f"{SCORE_TITLES.get(main, main)} vs {entry['rows'][entry['msp_row']]['mixer']} (95% interval)"
+            if entry["msp_row"] in entry["rows"] else "difference"]
+  note = ("seed + MSP with each mixer (same seeds, backbone, sampling and denoiser); mean ± std over generation "
+          "seeds x downstream repeats, percent. A mixer is chosen on the validation column; the test difference "
+          "is a paired bootstrap over test examples. Prompt dev loss: the prompt-training loss on the held-out "
+          "seed examples at the first evaluation and at the best one.")
+  return (f"mixer ablation ({ablation['domain']})", header, rows, note)
+
+
+def _wall_time_table(results: dict) -> tuple:
+  """Seconds of each stage kind summed over each domain's cells (and its oracle reference), with totals."""
+  domains = list(dict.fromkeys(c["domain"] for c in results["cells"]))
+  seconds: dict[str, dict[str, float]] = {}
+  for c in results["cells"]:
+    for stage, value in c["seconds"].items():
+      if value is not None:
+        seconds.setdefault(stage, {}).setdefault(c["domain"], 0.0)
+        seconds[stage][c["domain"]] += value
+  for name in domains:
+    oracle = (results["domains"].get(name) or {}).get("oracle") or {}
+    if oracle.get("seconds") is not None:
+      seconds.setdefault("oracle", {})[name] = oracle["seconds"]
+  hours = lambda value: f"{value / 3600:.2f}"  # noqa: E731
+  rows = [[stage, *[hours(per.get(d, 0.0)) for d in domains], hours(sum(per.values()))]
+          for stage, per in seconds.items()]
+  totals = [sum(per.get(d, 0.0) for per in seconds.values()) for d in domains]
+  rows.append(["all stages", *[hours(t) for t in totals], hours(sum(totals))])
+  note = ("Hours of each stage as recorded in results.json (`cells[].seconds`, the oracle's in "
+          "`domains[].oracle.seconds`), summed over cells. A stage that was interrupted counts only its finished "
+          "run; time spent paused or sharing the CPU with other work while a stage ran is included.")
+  return ("wall time (hours)", ["stage", *domains, "total"], rows, note)
 
 
 def plots(results: dict) -> dict[str, bytes]:
@@ -168,13 +228,16 @@ def plots(results: dict) -> dict[str, bytes]:
   ablation = results.get("ablation")
   if ablation and ablation["domain"] in results["domains"]:
     entry = results["domains"][ablation["domain"]]
-    rows = [(entry["rows"][r]["mixer"], entry["rows"][r]["scores"].get(entry["main_score"]))
-            for r in ablation["rows"] if r in entry["rows"]]
-    rows = [(m, s) for m, s in rows if s]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.bar(range(len(rows)), [s["mean"] for _, s in rows], yerr=[s["std"] for _, s in rows], capsize=4,
-           color="#55A868")
-    ax.set_xticks(range(len(rows)), [m for m, _ in rows])
+    rows = [(entry["rows"][r]["mixer"], entry["rows"][r]["scores"].get(entry["main_score"]),
+             entry["rows"][r].get("validation")) for r in ablation["rows"] if r in entry["rows"]]
+    rows = [(m, test, validation) for m, test, validation in rows if test]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (label, colour) in enumerate((("test", "#55A868"), ("validation (selection)", "#8172B2"))):
+      bars = [(j, stats[k + 1]) for j, stats in enumerate(rows) if stats[k + 1]]
+      ax.bar([j + 0.4 * k for j, _ in bars], [s["mean"] for _, s in bars], 0.4, yerr=[s["std"] for _, s in bars],
+             capsize=3, color=colour, label=label)
+    ax.set_xticks([j + 0.2 for j in range(len(rows))], [m for m, _, _ in rows])
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"mixer ablation, {ablation['domain']}")
     ax.set_ylabel(SCORE_TITLES.get(entry["main_score"], entry["main_score"]) + " (%)")
     out["ablation.png"] = png(fig)
@@ -190,7 +253,9 @@ def _headline(results: dict) -> list[str]:
         lines.append(f"{name}: {entry['rows'][c['method']]['title']} - {entry['rows'][c['baseline']]['title']} = "
                      f"{c['difference']:+.2f} points, 95% interval [{c['low']:+.2f}, {c['high']:+.2f}] ({verdict})")
   if results.get("missing"):
-    lines.append(f"{len(results['missing'])} cell(s) not finished: {', '.join(results['missing'][:6])}")
+    missing = results["missing"]
+    more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+    lines.append(f"{len(missing)} cell(s) not finished: {', '.join(missing[:6])}{more}")
   return lines
 
 

@@ -5,7 +5,8 @@ each stage, computed from the cells' files.
    {stage: s}}], "missing": [cell dirs not finished],
    "domains": {name: {"task", "protocol", "sizes", "main_score", "score_names", "msp_row",
      "rows": {row: {"method", "mixer", "title", "runs": [{"generation_seed", "seed", "predictions", "scores"}],
-                    "scores": {score: {"mean", "std", "n"}}, "generated": {...} (generated rows)}},
+                    "scores": {score: {"mean", "std", "n"}}, "generated": {...} (generated rows),
+                    "prompt_training": {"steps", "first_dev_loss", "best_dev_loss"} (rows that train prompts)}},
      "comparisons": [{"method", "baseline", "score", "difference", "low", "high", "includes_zero", ...}]}},
    "ablation": {"domain", "rows": [row names]} | null}
 
@@ -95,7 +96,8 @@ def score_row(root: pathlib.Path, row: dict, task: str) -> dict[str, dict[str, f
 
 
 def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix: cfg.MatrixConfig) -> list[dict]:
-  """Paired bootstrap of (MSP - each baseline) and (each MSP variant - each baseline and MSP), main score."""
+  """Paired bootstrap of the main score: (MSP - each baseline), (each MSP variant - each baseline and MSP), and
+  (MSP with each other mixer of the ablation - MSP with the experiment's mixer)."""
   score = predictions.MAIN_SCORE[task]
   counts: dict[str, list[np.ndarray]] = {}
   uids: dict[str, list[str]] = {}
@@ -111,8 +113,10 @@ def compare_rows(root: pathlib.Path, rows: dict, task: str, msp_row: str, matrix
     return counts[name]
 
   variant_rows = [msp_row.replace(cfg.MSP, method, 1) for method in cfg.MSP_VARIANTS]
+  mixer_rows = [name for name, row in rows.items() if row["method"] == cfg.MSP and name != msp_row]
   out = []
-  for target, others in ((msp_row, BASELINES), *((row, (*BASELINES, msp_row)) for row in variant_rows)):
+  for target, others in ((msp_row, BASELINES), *((row, (*BASELINES, msp_row)) for row in variant_rows),
+                         *((row, (msp_row,)) for row in mixer_rows)):
     if target not in rows or not rows[target]["runs"]:
       continue
     for baseline in others:
@@ -150,6 +154,9 @@ def collect(runner, command: str = "") -> dict:
       cell_dir = runner.cell_dir(cell)
       results["cells"].append({"domain": name, "method": cell.name, "generation_seed": cell.generation_seed,
                                "dir": cell.relative_dir, "seconds": cells.stage_seconds(cell_dir)})
+      trained = cache.read_record(cell_dir, "train")
+      if trained is not None and runner.is_done(cell, "train"):
+        row["prompt_training"] = {k: trained.summary.get(k) for k in ("steps", "first_dev_loss", "best_dev_loss")}
       record = cache.read_record(cell_dir, cells.TASK_MODELS)
       if record is None or not runner.is_done(cell, cells.TASK_MODELS):
         results["missing"].append(cell.relative_dir)
