@@ -119,6 +119,7 @@ def test_tiny_experiment_resumes_after_an_interrupted_cell_and_its_figures_recom
   assert html.count("data:image/png;base64,") == 2 and "seed + MSP (attention)" in html
   assert "Reference, not a method" in html and "on the real test examples it reproduces" in html
   assert "front_desk: label-noise indicators" in html and "validation (selection)" in html
+  assert "<h2>wall time (hours)</h2>" in html and "prompt dev loss (first → best)" in html
   (workdir / "report.md").unlink()
   assert main(["report", str(workdir)]) == 0
   assert "## front_desk: paired differences" in (workdir / "report.md").read_text()
