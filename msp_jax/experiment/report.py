@@ -27,6 +27,11 @@ def _num(value, digits: int = 3) -> str:
   return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(comparison: dict) -> str:
+  """A paired comparison's 95% interval, '[low, high]' in signed points."""
+  return f"[{comparison['low']:+.2f}, {comparison['high']:+.2f}]"
+
+
 def _loss(training: dict | None) -> str:
   """'first → best' prompt dev loss of a row that trained prompts, '–' for the others."""
   if not training or training.get("best_dev_loss") is None:
@@ -99,7 +104,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
       header = ["method", "baseline", "difference", "95% interval", "includes 0"]
       titles = {k: row["title"] for k, row in entry["rows"].items()}
       rows = [[titles[c["method"]], titles[c["baseline"]], f"{c['difference']:+.2f}",
-               f"[{c['low']:+.2f}, {c['high']:+.2f}]", "yes" if c["includes_zero"] else "no"]
+               _interval(c), "yes" if c["includes_zero"] else "no"]
               for c in entry["comparisons"]]
       first = entry["comparisons"][0]
       note = (f"Paired bootstrap over the {first['examples']} test examples ({first['samples']} resamples, seed "
@@ -125,7 +130,7 @@ def _ablation_table(ablation: dict, entry: dict) -> tuple:
     generated = row.get("generated") or {}
     c = versus.get(name)
     difference = ("(reference)" if name == entry["msp_row"] else
-                  "–" if c is None else f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]")
+                  "–" if c is None else f"{c['difference']:+.2f} {_interval(c)}")
     rows.append([row["mixer"], str(len(row["runs"])), *[_fmt(row["scores"].get(n)) for n in names],
                  _fmt(row.get("validation")), _loss(row.get("prompt_training")),
                  _num(generated.get("correctness"), 1), _num((generated.get("distinct") or {}).get("distinct_2")),
@@ -251,7 +256,7 @@ def _headline(results: dict) -> list[str]:
       if c["method"] == entry["msp_row"]:
         verdict = "includes 0: no difference shown" if c["includes_zero"] else "excludes 0"
         lines.append(f"{name}: {entry['rows'][c['method']]['title']} - {entry['rows'][c['baseline']]['title']} = "
-                     f"{c['difference']:+.2f} points, 95% interval [{c['low']:+.2f}, {c['high']:+.2f}] ({verdict})")
+                     f"{c['difference']:+.2f} points, 95% interval {_interval(c)} ({verdict})")
   if results.get("missing"):
     missing = results["missing"]
     more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
